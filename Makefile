@@ -1,0 +1,49 @@
+# README's two commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: demo test check lint typecheck bench clean sshd-deps
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+# The SSH tests start their own sshd on 127.0.0.1; Debian's openssh-server provides it.
+sshd-deps:
+	@if [ ! -x /usr/sbin/sshd ]; then \
+		echo "installing openssh-server for the SSH tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server >/dev/null; \
+	fi
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rollout demo
+
+test: $(STAMP) sshd-deps
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rollout tests bench examples
+	$(VENV)/bin/ruff format --check rollout tests bench examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict rollout
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .rollout .pytest_cache .mypy_cache .ruff_cache

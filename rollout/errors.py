@@ -1,0 +1,146 @@
+"""The exception tree and the exit codes; imports nothing of ours.
+
+    RolloutError
+    ├── PlanError            invalid plan: file:line:column, key path, what was expected   (exit 2)
+    │   └── TemplateError    undefined variable or bad template                            (exit 2)
+    ├── UsageError           bad command-line arguments or unreadable input                 (exit 2)
+    ├── Refused              nothing was changed: pre-check failed, lock held, freeze, gate (exit 3)
+    │   ├── PrecheckFailed
+    │   ├── LockHeld
+    │   └── GateClosed
+    ├── ExecutorError        a target could not be reached or a transfer failed
+    │   └── ConnectError     ssh connect/auth/host-key failure, naming the host
+    ├── CheckError           a check could not be evaluated (bad regex, unreadable document)
+    ├── MetadataError        a metadata document cannot be read or parsed                    (exit 2)
+    └── JournalError         the journal cannot be written or is damaged                     (exit 5)
+        └── JournalCorrupt   a line was edited, removed, reordered or truncated
+
+Third-party exceptions are translated into these in the one module that uses the library.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """The CI contract: every command ends with one of these."""
+
+    SUCCESS = 0
+    ROLLED_BACK = 1
+    USAGE = 2
+    REFUSED = 3
+    ROLLBACK_FAILED = 4
+    JOURNAL = 5
+    INTERRUPTED = 130
+
+
+class RolloutError(Exception):
+    """Base of every error rollout raises on purpose."""
+
+    exit_status: ExitStatus = ExitStatus.JOURNAL
+
+
+class PlanError(RolloutError):
+    """A plan is invalid; the message names file:line:column and the key path."""
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        self.path = path
+        super().__init__(self.render())
+
+    @property
+    def location(self) -> str:
+        """`file:line:column`, as far as it is known."""
+        parts = [self.file or "<plan>"]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.column is not None:
+                parts.append(str(self.column))
+        return ":".join(parts)
+
+    def render(self) -> str:
+        """One line: location, key path, message."""
+        where = f" at {self.path}" if self.path else ""
+        return f"{self.location}: error{where}: {self.message}"
+
+
+class TemplateError(PlanError):
+    """A template names an undefined variable or is malformed."""
+
+
+class UsageError(RolloutError):
+    """Bad arguments or unreadable input; nothing ran."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class Refused(RolloutError):
+    """Refused before any change."""
+
+    exit_status = ExitStatus.REFUSED
+
+
+class PrecheckFailed(Refused):
+    """A pre-check failed on at least one host; nothing was changed."""
+
+
+class LockHeld(Refused):
+    """Another run holds the environment lock."""
+
+
+class GateClosed(Refused):
+    """The CI gate refuses the plan."""
+
+
+class ExecutorError(RolloutError):
+    """A target could not be reached, or a command could not be started there."""
+
+    exit_status = ExitStatus.REFUSED
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}" if host else message)
+
+
+class ConnectError(ExecutorError):
+    """Connecting or authenticating to a host failed (including host-key refusal)."""
+
+
+class CheckError(RolloutError):
+    """A check could not be evaluated at all (as opposed to evaluating to failure)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class MetadataError(RolloutError):
+    """A metadata document, schema or key path cannot be read or parsed."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class JournalError(RolloutError):
+    """The journal cannot be written, read or trusted: evidence may be incomplete."""
+
+    exit_status = ExitStatus.JOURNAL
+
+
+class JournalCorrupt(JournalError):
+    """A journal line fails the hash chain; `line` is 1-based."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
