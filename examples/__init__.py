@@ -1,0 +1,1 @@
+"""Runnable examples that ship with rollout; not part of the installed package."""

@@ -1,0 +1,1 @@
+"""A toy order gateway fleet: the real target for tests and the incident replay."""
