@@ -1,0 +1,159 @@
+"""The executor contract: where commands run, what a run returns, and the protocol.
+
+Pure data and a Protocol only: this module never starts a process or opens a socket,
+so the engine and the checks can depend on it without pulling in any I/O library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+#: Default cap on each captured stream: enough for a useful tail, bounded for 1000 hosts.
+DEFAULT_OUTPUT_CAP = 64 * 1024
+
+#: Default limit for read_file: metadata documents are small; a huge file is a mistake.
+DEFAULT_READ_LIMIT = 64 * 1024 * 1024
+
+#: Seconds between SIGTERM and SIGKILL when a command's process group must die.
+KILL_GRACE = 0.3
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where commands run; built by the engine from the plan."""
+
+    name: str
+    connection: Literal["local", "ssh"] = "local"
+    address: str = "127.0.0.1"
+    port: int = 22
+    user: str | None = None
+    identity_file: str | None = None
+    # None means ~/.ssh/known_hosts. Unknown or changed host keys are refused, never added.
+    known_hosts: str | None = None
+    connect_timeout: float = 10.0
+
+    @property
+    def endpoint(self) -> str:
+        """`address:port` as an operator would type it."""
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command did on one host: a plain record, no behaviour beyond reading it."""
+
+    host: str
+    command: str
+    exit_code: int | None  # None when killed (timeout, cancel) or ended by a signal
+    stdout: str  # the last `cap` bytes, decoded as UTF-8 with replacement
+    stderr: str
+    duration: float  # seconds on the monotonic clock
+    timed_out: bool = False
+    cancelled: bool = False
+    truncated: bool = False  # at least one stream lost its head to the cap
+
+    @property
+    def ok(self) -> bool:
+        """True when the command ran to completion and exited 0."""
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled
+
+    @property
+    def failed(self) -> bool:
+        """True when the command did not succeed, for whatever reason."""
+        return not self.ok
+
+    def tail(self, stream: Literal["stdout", "stderr"] = "stdout", lines: int = 10) -> str:
+        """The last `lines` lines of one stream, for error messages and reports."""
+        text = self.stdout if stream == "stdout" else self.stderr
+        if lines <= 0:
+            return ""
+        return "\n".join(text.rstrip("\n").split("\n")[-lines:])
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs shell commands and moves files on one target."""
+
+    target: Target
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        """Run `command` with /bin/sh on the target and wait for it (or the timeout)."""
+        ...
+
+    def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:
+        """Return the content of `path` on the target; refuse files over `max_bytes`."""
+        ...
+
+    def put_file(self, data: bytes, path: str, *, mode: int = 0o644) -> None:
+        """Replace `path` on the target atomically with `data`, with permissions `mode`."""
+        ...
+
+    def cancel(self) -> None:
+        """Kill every in-flight command now; safe from any thread; later runs still work."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and kill what is still running; safe to call twice."""
+        ...
+
+
+class OutputTail:
+    """Keeps the last `cap` bytes of a stream in bounded memory."""
+
+    __slots__ = ("_buf", "cap", "dropped")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._buf = bytearray()
+        self.dropped = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Append a chunk, forgetting the oldest bytes beyond twice the cap."""
+        self._buf += chunk
+        # Trimming only past 2x cap keeps the amortised cost linear in the output size.
+        if len(self._buf) > 2 * self.cap:
+            del self._buf[: len(self._buf) - self.cap]
+            self.dropped = True
+
+    @property
+    def truncated(self) -> bool:
+        """True when bytes before the kept tail were dropped."""
+        return self.dropped or len(self._buf) > self.cap
+
+    def text(self) -> str:
+        """The kept tail decoded as UTF-8, without a split character at its start."""
+        data = bytes(self._buf[-self.cap :]) if self.cap else b""
+        if self.truncated:
+            # The cut can land inside a multi-byte character: skip its continuation bytes
+            # rather than start the tail with a replacement character.
+            skip = 0
+            while skip < min(3, len(data)) and 0x80 <= data[skip] <= 0xBF:
+                skip += 1
+            data = data[skip:]
+        return data.decode("utf-8", errors="replace")
+
+
+def validate_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """Reject environment names a shell cannot export, so both executors agree."""
+    if not env:
+        return {}
+    for name in env:
+        if (
+            not name
+            or not (name[0].isalpha() or name[0] == "_")
+            or not all(c.isalnum() or c == "_" for c in name)
+        ):
+            raise ValueError(f"invalid environment variable name: {name!r}")
+        if not name.isascii():
+            raise ValueError(f"invalid environment variable name: {name!r}")
+    return dict(env)
