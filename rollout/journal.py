@@ -1,0 +1,939 @@
+"""The run journal (write-ahead, append-only, hash-chained JSON Lines) and the environment lock.
+
+The journal is the source of truth for what a run did: every event is one line
+``{"seq","ts","mono","kind","wave","host","step","outcome","data","prev"}`` where ``prev``
+is the sha256 of the previous line's bytes; line 1 chains to a genesis hash derived
+from the run id and the plan digest, which the first event (``run.start``) carries, so
+the chain can be re-verified from the run directory alone.
+
+What the chain can and cannot prove:
+
+- an edited, inserted, removed or reordered line anywhere before the last one, and a
+  truncated last line, are detected and named by their 1-based line number;
+- a removed *last* line cannot be seen in the chain; a finished run ends with
+  ``run.end``, so `verify_journal` reports ``complete=False`` when it is missing, and
+  an edited or removed last line is caught by ``expect_head`` (a head hash kept
+  elsewhere, e.g. in the report).
+
+This module must never rewrite or drop a complete journal line, never use a torn line
+(it is set aside in ``journal.jsonl.broken``, only when recovering), never keep appending
+after a failed write or fsync, and never import anything beyond the standard library
+and `rollout.errors`: it is on the CLI start-up path.
+
+The environment lock (``.rollout/locks/ENV.lock``) is an ``flock`` on a file that also
+names its holder; the kernel drops the flock when the holder process dies, so a killed
+run never leaves an environment locked.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import errno
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
+
+__all__ = [
+    "EVENT_FIELDS",
+    "JOURNAL_KEYS",
+    "EnvironmentLock",
+    "Event",
+    "Journal",
+    "JournalReading",
+    "LockHolder",
+    "Record",
+    "Verification",
+    "event_from_dict",
+    "event_to_dict",
+    "genesis_hash",
+    "read_journal",
+    "read_lock_holder",
+    "verify_journal",
+]
+
+JOURNAL_KEYS: Final = (
+    "seq",
+    "ts",
+    "mono",
+    "kind",
+    "wave",
+    "host",
+    "step",
+    "outcome",
+    "data",
+    "prev",
+)
+EVENT_FIELDS: Final = ("kind", "wave", "host", "step", "outcome", "data")
+RUN_START: Final = "run.start"
+RUN_END: Final = "run.end"
+_GENESIS_TAG: Final = "rollout-journal-v1"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# --- events and records ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in a run, before it is given a place in the journal."""
+
+    kind: str
+    wave: int | None = None
+    host: str | None = None
+    step: str | None = None
+    outcome: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One verified journal line: the event plus its place in the chain."""
+
+    seq: int
+    ts: str
+    mono: float
+    kind: str
+    wave: int | None
+    host: str | None
+    step: str | None
+    outcome: str | None
+    data: Mapping[str, Any]
+    prev: str
+    hash: str
+    line_no: int
+
+    @property
+    def event(self) -> Event:
+        """The event this record holds."""
+        return Event(self.kind, self.wave, self.host, self.step, self.outcome, self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The journal object of this record, keys in line order (re-encoding gives the line)."""
+        return {key: getattr(self, key) for key in JOURNAL_KEYS}
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event's fields as a JSON-ready dict."""
+    return {
+        "kind": event.kind,
+        "wave": event.wave,
+        "host": event.host,
+        "step": event.step,
+        "outcome": event.outcome,
+        "data": dict(event.data),
+    }
+
+
+def event_from_dict(obj: Mapping[str, Any]) -> Event:
+    """Build an Event from a dict with its fields (extra journal keys such as seq are ignored)."""
+    if "kind" not in obj:
+        raise ValueError("event has no 'kind'")
+    problem = _event_type_problem(obj)
+    if problem:
+        raise ValueError(problem)
+    return Event(
+        kind=obj["kind"],
+        wave=obj.get("wave"),
+        host=obj.get("host"),
+        step=obj.get("step"),
+        outcome=obj.get("outcome"),
+        data=dict(obj.get("data") or {}),
+    )
+
+
+def genesis_hash(run_id: str, plan_digest: str) -> str:
+    """The hash line 1 chains to: it binds the journal to one run of one plan."""
+    return _sha256(f"{_GENESIS_TAG}\n{run_id}\n{plan_digest}".encode())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _event_type_problem(obj: Mapping[str, Any]) -> str | None:
+    """What is wrong with the event fields' types, or None; shared by writer and reader."""
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return "'kind' must be a non-empty string"
+    wave = obj.get("wave")
+    if wave is not None and (not isinstance(wave, int) or isinstance(wave, bool)):
+        return "'wave' must be an integer or null"
+    for key in ("host", "step", "outcome"):
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"{key!r} must be a string or null"
+    if not isinstance(obj.get("data", {}), Mapping):
+        return "'data' must be an object"
+    return None
+
+
+def _utc_ms(t: float) -> str:
+    """`2026-11-23T22:30:00.123Z` for a POSIX time (milliseconds truncated, never rounded up)."""
+    secs, ms = divmod(int(t * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _encode_line(obj: dict[str, Any]) -> bytes:
+    """The line's bytes: compact JSON, keys in order, UTF-8 (ASCII escapes if text is not)."""
+    try:
+        text = json.dumps(
+            obj,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            allow_nan=False,
+            default=_json_default,
+        )
+    except (TypeError, ValueError) as exc:
+        raise JournalError(f"event {obj['kind']!r} cannot be journaled: {exc}") from exc
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (e.g. undecodable command output): keep the event, escape them.
+        return json.dumps(obj, separators=(",", ":"), default=_json_default).encode("ascii")
+
+
+# --- reading and verifying ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalReading:
+    """A journal read and verified up to its last complete line."""
+
+    records: tuple[Record, ...]
+    head: str | None
+    torn: str | None
+    torn_offset: int | None = None
+    run_id: str | None = None
+    plan_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The verdict of `verify_journal`; `complete` is False when the run has no run.end yet."""
+
+    ok: bool
+    records: int
+    head: str | None
+    first_bad_line: int | None
+    reason: str | None
+    complete: bool = False
+    run_id: str | None = None
+    plan_digest: str | None = None
+
+
+class _Unparsable(Exception):
+    """A line that is not a JSON object at all (torn when it is the last line)."""
+
+
+def _parse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_parse_constant)
+    except UnicodeDecodeError as exc:
+        raise _Unparsable(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except ValueError as exc:
+        raise _Unparsable(f"not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise _Unparsable(f"not a JSON object but {type(obj).__name__}")
+    return obj
+
+
+def _record_from_object(obj: dict[str, Any], raw: bytes, line_no: int) -> Record:
+    keys = tuple(obj)
+    if keys != JOURNAL_KEYS:
+        missing = [k for k in JOURNAL_KEYS if k not in obj]
+        extra = [k for k in keys if k not in JOURNAL_KEYS]
+        what = (
+            f"missing {missing}"
+            if missing
+            else f"unexpected {extra}"
+            if extra
+            else "keys out of order"
+        )
+        raise JournalCorrupt(f"wrong key set: {what}", line=line_no)
+    seq, ts, mono, prev = obj["seq"], obj["ts"], obj["mono"], obj["prev"]
+    problem = _event_type_problem(obj)
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        problem = "'seq' must be an integer"
+    elif not isinstance(ts, str):
+        problem = "'ts' must be a string"
+    elif not isinstance(mono, int | float) or isinstance(mono, bool):
+        problem = "'mono' must be a number"
+    elif not isinstance(prev, str) or not _HEX64.fullmatch(prev):
+        problem = "'prev' must be a sha256 hex digest"
+    if problem:
+        raise JournalCorrupt(problem, line=line_no)
+    return Record(
+        seq=seq,
+        ts=ts,
+        mono=float(mono),
+        kind=obj["kind"],
+        wave=obj["wave"],
+        host=obj["host"],
+        step=obj["step"],
+        outcome=obj["outcome"],
+        data=obj["data"],
+        prev=prev,
+        hash=_sha256(raw),
+        line_no=line_no,
+    )
+
+
+def _run_identity(record: Record) -> tuple[str, str]:
+    """run_id and plan_digest from line 1, which must be run.start carrying both."""
+    if record.kind != RUN_START:
+        raise JournalCorrupt(f"first event is {record.kind!r}, expected {RUN_START!r}", line=1)
+    run_id, plan_digest = record.data.get("run_id"), record.data.get("plan_digest")
+    if not isinstance(run_id, str) or not isinstance(plan_digest, str):
+        raise JournalCorrupt(f"{RUN_START} data lacks run_id or plan_digest", line=1)
+    return run_id, plan_digest
+
+
+def read_journal(
+    path: Path | str, *, expect_genesis: str | None = None, repair: bool = False
+) -> JournalReading:
+    """Read and verify a journal; a torn last line is reported (and set aside when repair)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path}: {exc.strerror or exc}") from exc
+    lines = data.split(b"\n")
+    complete_tail = lines[-1] == b""
+    if complete_tail:
+        lines.pop()
+    records: list[Record] = []
+    run_id = plan_digest = None
+    prev_hash: str | None = None
+    torn: str | None = None
+    torn_offset: int | None = None
+    offset = 0
+    for line_no, raw in enumerate(lines, start=1):
+        last = line_no == len(lines)
+        try:
+            if not complete_tail and last:
+                raise _Unparsable("no newline at the end (torn write or truncation)")
+            obj = _parse_object(raw)
+        except _Unparsable as exc:
+            if not last:
+                raise JournalCorrupt(str(exc), line=line_no) from None
+            torn = raw.decode("utf-8", "replace")
+            torn_offset = offset
+            break
+        record = _record_from_object(obj, raw, line_no)
+        if record.seq != line_no:
+            raise JournalCorrupt(
+                f"seq is {record.seq}, expected {line_no} (removed, inserted or reordered line)",
+                line=line_no,
+            )
+        if line_no == 1:
+            run_id, plan_digest = _run_identity(record)
+            if record.prev != genesis_hash(run_id, plan_digest):
+                raise JournalCorrupt(
+                    f"prev is not the genesis hash of run {run_id} with plan digest "
+                    f"{plan_digest} (first line edited or replaced)",
+                    line=1,
+                )
+            if expect_genesis is not None and record.prev != expect_genesis:
+                raise JournalCorrupt(
+                    "prev is not the expected genesis hash (journal of another run or plan)",
+                    line=1,
+                )
+        elif record.prev != prev_hash:
+            raise JournalCorrupt(
+                f"prev does not match the hash of line {line_no - 1} "
+                "(edited, removed or reordered line)",
+                line=line_no,
+            )
+        records.append(record)
+        prev_hash = record.hash
+        offset += len(raw) + 1
+    reading = JournalReading(
+        records=tuple(records),
+        head=prev_hash,
+        torn=torn,
+        torn_offset=torn_offset,
+        run_id=run_id,
+        plan_digest=plan_digest,
+    )
+    if repair and torn_offset is not None:
+        _set_aside_torn(path, data[torn_offset:], torn_offset)
+    return reading
+
+
+def _broken_path(path: Path) -> Path:
+    return path.with_name(path.name + ".broken")
+
+
+def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
+    """Copy a torn tail to journal.jsonl.broken (durably), then cut it from the journal."""
+    broken = _broken_path(path)
+    entry = {
+        "journal": path.name,
+        "offset": offset,
+        "length": len(raw),
+        "set_aside": _utc_ms(time.time()),
+        "text": raw.decode("utf-8", "replace"),
+        "base64": base64.b64encode(raw).decode("ascii"),
+    }
+    line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    try:
+        created = not broken.exists()
+        fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise JournalError(f"cannot set aside the torn last line of {path}: {exc}") from exc
+
+
+def verify_journal(
+    path: Path | str, *, plan_digest: str | None = None, expect_head: str | None = None
+) -> Verification:
+    """Recompute the hash chain from the genesis and say whether the journal can be trusted."""
+    try:
+        reading = read_journal(path)
+    except JournalCorrupt as exc:
+        line = exc.line
+        return Verification(
+            ok=False,
+            records=max((line or 1) - 1, 0),
+            head=None,
+            first_bad_line=line,
+            reason=str(exc),
+        )
+    except JournalError as exc:
+        return Verification(ok=False, records=0, head=None, first_bad_line=None, reason=str(exc))
+    records = reading.records
+    count = len(records)
+
+    def verdict(ok: bool, first_bad_line: int | None, reason: str | None) -> Verification:
+        return Verification(
+            ok=ok,
+            records=count,
+            head=reading.head,
+            first_bad_line=first_bad_line,
+            reason=reason,
+            complete=bool(records) and records[-1].kind == RUN_END,
+            run_id=reading.run_id,
+            plan_digest=reading.plan_digest,
+        )
+
+    if reading.torn is not None:
+        bad = count + 1
+        return verdict(
+            False,
+            bad,
+            f"line {bad}: last line is torn (incomplete or unparsable): {reading.torn!r:.80}",
+        )
+    if not records:
+        return verdict(False, None, f"journal is empty (no {RUN_START})")
+    if plan_digest is not None and plan_digest != reading.plan_digest:
+        return verdict(
+            False,
+            None,
+            f"plan digest differs: the journal was written for {reading.plan_digest}, "
+            f"expected {plan_digest}",
+        )
+    if expect_head is not None and expect_head != reading.head:
+        earlier = next((r.line_no for r in records if r.hash == expect_head), None)
+        if earlier is not None:
+            reason = (
+                f"head is line {count}, but the expected head is line {earlier}: "
+                f"lines {earlier + 1}-{count} were added after it"
+            )
+            bad = earlier + 1
+        else:
+            reason = (
+                f"line {count}: head hash {reading.head} is not the expected {expect_head} "
+                "(last line edited or removed)"
+            )
+            bad = count
+        return verdict(False, bad, reason)
+    return verdict(True, None, None)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """An open journal that appends events to the chain; build it with create() or reopen()."""
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        fd: int,
+        run_id: str,
+        plan_digest: str,
+        seq: int,
+        head: str,
+        mono_base: float,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        recovered: JournalReading | None,
+    ) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.plan_digest = plan_digest
+        self.genesis = genesis_hash(run_id, plan_digest)
+        self.recovered = recovered
+        self._fd: int | None = fd
+        self._seq = seq
+        self._head = head
+        self._mono_base = mono_base
+        self._mono_last = mono_base
+        self._clock = clock
+        self._wall = wall
+        self._t0 = clock()
+        self._failed: str | None = None
+        self._synced_seq = seq
+        # Writers hold _lock only; a syncing thread takes _sync_lock, then _lock briefly,
+        # so one fsync covers every line written before it (group commit).
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        path: Path | str,
+        *,
+        run_id: str,
+        plan_digest: str,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> Journal:
+        """Create a new journal file (0600, in a 0700 directory); refuse if it exists."""
+        path = Path(path)
+        try:
+            new_dirs = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if new_dirs:
+                os.chmod(path.parent, 0o700)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError as exc:
+            raise JournalError(
+                f"journal {path} already exists; a run's journal is only continued by recover"
+            ) from exc
+        except OSError as exc:
+            raise JournalError(f"cannot create journal {path}: {exc}") from exc
+        try:
+            os.fchmod(fd, 0o600)
+            _fsync_dir(path.parent)
+            for directory in new_dirs:
+                if directory.parent.exists():
+                    _fsync_dir(directory.parent)
+        except OSError as exc:
+            os.close(fd)
+            raise JournalError(f"cannot make journal {path} durable: {exc}") from exc
+        return cls(
+            path=path,
+            fd=fd,
+            run_id=run_id,
+            plan_digest=plan_digest,
+            seq=0,
+            head=genesis_hash(run_id, plan_digest),
+            mono_base=0.0,
+            clock=clock,
+            wall=wall,
+            recovered=None,
+        )
+
+    @classmethod
+    def reopen(
+        cls,
+        path: Path | str,
+        *,
+        run_id: str,
+        plan_digest: str,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> Journal:
+        """Verify an existing journal, set aside a torn last line, and continue its chain."""
+        path = Path(path)
+        reading = read_journal(path)
+        if reading.run_id is not None and reading.run_id != run_id:
+            raise JournalError(f"journal {path} belongs to run {reading.run_id}, not {run_id}")
+        if reading.plan_digest is not None and reading.plan_digest != plan_digest:
+            raise Refused(
+                f"plan digest differs: run {run_id} was started with plan {reading.plan_digest}, "
+                f"this plan is {plan_digest}; refusing to continue its journal"
+            )
+        if reading.torn_offset is not None:
+            with path.open("rb") as handle:
+                handle.seek(reading.torn_offset)
+                _set_aside_torn(path, handle.read(), reading.torn_offset)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            raise JournalError(f"cannot open journal {path} for appending: {exc}") from exc
+        records = reading.records
+        return cls(
+            path=path,
+            fd=fd,
+            run_id=run_id,
+            plan_digest=plan_digest,
+            seq=len(records),
+            head=reading.head or genesis_hash(run_id, plan_digest),
+            mono_base=records[-1].mono if records else 0.0,
+            clock=clock,
+            wall=wall,
+            recovered=reading,
+        )
+
+    @property
+    def head(self) -> str:
+        """Hash of the last line written (the genesis hash while the journal is empty)."""
+        return self._head
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last line written (0 while empty)."""
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called."""
+        return self._fd is None
+
+    def append(self, event: Event, *, sync: bool = False) -> Record:
+        """Write one event as the next line; with sync, it is on disk when this returns."""
+        with self._lock:
+            fd = self._usable_fd()
+            seq = self._seq + 1
+            if seq == 1:
+                self._check_run_start(event)
+            mono = round(self._mono_base + (self._clock() - self._t0), 3)
+            mono = max(mono, self._mono_last)
+            obj: dict[str, Any] = {
+                "seq": seq,
+                "ts": _utc_ms(self._wall()),
+                "mono": mono,
+                "kind": event.kind,
+                "wave": event.wave,
+                "host": event.host,
+                "step": event.step,
+                "outcome": event.outcome,
+                "data": event.data,
+                "prev": self._head,
+            }
+            problem = _event_type_problem(obj)
+            if problem:
+                raise JournalError(f"event {event.kind!r} cannot be journaled: {problem}")
+            payload = _encode_line(obj)
+            digest = _sha256(payload)
+            try:
+                written = os.write(fd, payload + b"\n")
+            except OSError as exc:
+                raise self._fail(f"cannot write journal line {seq}: {exc}") from exc
+            if written != len(payload) + 1:
+                raise self._fail(
+                    f"short write of journal line {seq} ({written} of {len(payload) + 1} bytes)"
+                )
+            prev, self._seq, self._head, self._mono_last = self._head, seq, digest, mono
+        if sync:
+            self._sync_through(seq)
+        data = json.loads(payload)["data"]
+        return Record(
+            seq=seq,
+            ts=obj["ts"],
+            mono=mono,
+            kind=event.kind,
+            wave=event.wave,
+            host=event.host,
+            step=event.step,
+            outcome=event.outcome,
+            data=data,
+            prev=prev,
+            hash=digest,
+            line_no=seq,
+        )
+
+    def sync(self) -> None:
+        """Make every line written so far durable."""
+        self._sync_through(self._seq)
+
+    def close(self) -> None:
+        """Close the file; safe to call twice."""
+        with self._sync_lock, self._lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _usable_fd(self) -> int:
+        if self._failed is not None:
+            raise JournalError(f"journal {self.path} refuses appends after: {self._failed}")
+        if self._fd is None:
+            raise JournalError(f"journal {self.path} is closed")
+        return self._fd
+
+    def _check_run_start(self, event: Event) -> None:
+        if (
+            event.kind != RUN_START
+            or event.data.get("run_id") != self.run_id
+            or event.data.get("plan_digest") != self.plan_digest
+        ):
+            raise JournalError(
+                f"the first event must be {RUN_START} with data run_id={self.run_id!r} and "
+                f"plan_digest={self.plan_digest!r}, got {event.kind!r}"
+            )
+
+    def _fail(self, message: str) -> JournalError:
+        self._failed = message
+        return JournalError(f"journal {self.path}: {message}")
+
+    def _sync_through(self, seq: int) -> None:
+        with self._sync_lock:
+            if self._synced_seq >= seq:
+                return  # an fsync that started after this line was written covered it
+            with self._lock:
+                fd = self._usable_fd()
+                target = self._seq
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                with self._lock:
+                    raise self._fail(f"cannot fsync journal up to line {target}: {exc}") from exc
+            self._synced_seq = target
+
+
+# --- the environment lock ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds an environment lock, as written into the lock file."""
+
+    run_id: str
+    user: str
+    host: str
+    pid: int
+    started: str
+    lock_id: str
+
+    @classmethod
+    def current(cls, run_id: str) -> LockHolder:
+        """This process as the holder for a run, with a fresh lock id."""
+        return cls(
+            run_id=run_id,
+            user=getpass.getuser(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=_utc_ms(time.time()),
+            lock_id=secrets.token_hex(8),
+        )
+
+    def describe(self) -> str:
+        """`run R by user@host (pid N) since T, held for 3m05s`."""
+        held = ""
+        try:
+            started = calendar.timegm(time.strptime(self.started[:19], "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            pass
+        else:
+            minutes, secs = divmod(max(0, int(time.time()) - started), 60)
+            hours, minutes = divmod(minutes, 60)
+            took = f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+            held = f", held for {took}"
+        return (
+            f"run {self.run_id} by {self.user}@{self.host} (pid {self.pid}) "
+            f"since {self.started}{held}"
+        )
+
+
+def _lock_path(state_dir: Path | str, env: str) -> Path:
+    if not _ENV_NAME.fullmatch(env):
+        raise ValueError(f"invalid environment name for a lock file: {env!r}")
+    return Path(state_dir) / "locks" / f"{env}.lock"
+
+
+def _holder_from_bytes(raw: bytes) -> LockHolder | None:
+    try:
+        obj = json.loads(raw)
+        return LockHolder(
+            run_id=str(obj["run_id"]),
+            user=str(obj["user"]),
+            host=str(obj["host"]),
+            pid=int(obj["pid"]),
+            started=str(obj["started"]),
+            lock_id=str(obj["lock_id"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+class EnvironmentLock:
+    """One run per environment: an flock on .rollout/locks/ENV.lock naming its holder.
+
+    Used as a context manager it releases on exit: ``with EnvironmentLock(d, env) as
+    lock: lock.acquire(holder)``.
+    """
+
+    def __init__(self, state_dir: Path | str, env: str) -> None:
+        self.env = env
+        self.path = _lock_path(state_dir, env)
+        self.holder: LockHolder | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self, holder: LockHolder, *, timeout: float = 0.0, poll: float = 0.1) -> None:
+        """Take the lock for holder, waiting up to timeout seconds; raise LockHeld otherwise."""
+        if self._fd is not None:
+            raise RuntimeError(f"environment lock {self.env!r} is already held by this object")
+        deadline = time.monotonic() + timeout
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise JournalError(f"cannot open lock file {self.path}: {exc}") from exc
+        try:
+            while not _try_flock(fd):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockHeld(self._held_message(fd))
+                time.sleep(min(poll, remaining))
+            info = json.dumps(
+                {
+                    "run_id": holder.run_id,
+                    "user": holder.user,
+                    "host": holder.host,
+                    "pid": holder.pid,
+                    "started": holder.started,
+                    "lock_id": holder.lock_id,
+                },
+                ensure_ascii=False,
+            ).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info + b"\n", 0)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise JournalError(f"cannot take environment lock {self.path}: {exc}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.holder = holder
+
+    def release(self) -> None:
+        """Clear the holder info and unlock; safe to call when not held."""
+        fd, self._fd, self.holder = self._fd, None, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass  # the flock is what matters; stale info is overwritten by the next holder
+        finally:
+            os.close(fd)  # closing the last fd drops the flock
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def _held_message(self, fd: int) -> str:
+        holder = _holder_from_bytes(os.pread(fd, 4096, 0))
+        who = holder.describe() if holder else "another process (holder details not written yet)"
+        return f"environment {self.env!r} is locked by {who}; lock file {self.path}" + (
+            f", lock id {holder.lock_id}" if holder else ""
+        )
+
+
+def read_lock_holder(state_dir: Path | str, env: str) -> LockHolder | None:
+    """The live holder of an environment's lock, or None when it is free."""
+    path = _lock_path(state_dir, env)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise JournalError(f"cannot read lock file {path}: {exc}") from exc
+    try:
+        if _try_flock(fd):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        # The holder writes its info right after taking the flock: give it a moment.
+        for _ in range(50):
+            holder = _holder_from_bytes(os.pread(fd, 4096, 0))
+            if holder is not None:
+                return holder
+            time.sleep(0.01)
+        raise JournalError(f"lock {path} is held but names no holder")
+    finally:
+        os.close(fd)
