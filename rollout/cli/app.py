@@ -1,0 +1,152 @@
+"""The typer app, global options, the terminal environment and the exit-code mapping."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from rollout import __version__
+from rollout.errors import ExitStatus, PlanError, RolloutError
+
+HELP = """rollout: upgrade-safety rollout orchestrator.
+
+Declarative upgrade plans with pre-checks, metadata validation, continuous guards,
+canary waves and automatic rollback, recorded in a hash-chained journal.
+
+\b
+Exit codes: 0 success, 1 rolled back, 2 usage/invalid plan, 3 refused before any
+change, 4 rollback failed (manual action needed), 5 journal/internal error,
+130 interrupted (rolled back).
+"""
+
+app = typer.Typer(
+    name="rollout",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class Terminal:
+    """All terminal I/O goes through here, so tests can replace it."""
+
+    out: Console
+    err: Console
+
+    @classmethod
+    def create(cls) -> Terminal:
+        """Consoles for stdout and stderr (NO_COLOR respected by rich)."""
+        return cls(
+            out=Console(highlight=False, soft_wrap=True),
+            err=Console(stderr=True, highlight=False, soft_wrap=True),
+        )
+
+    def print(self, text: str = "", **kwargs: object) -> None:
+        """Print to stdout without markup interpretation."""
+        self.out.print(text, markup=False, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, text: str) -> None:
+        """Print to stderr without markup interpretation."""
+        self.err.print(text, markup=False)
+
+
+terminal = Terminal.create()
+
+
+def state_dir(option: Path | None = None) -> Path:
+    """Where runs and locks live: --state-dir, $ROLLOUT_STATE_DIR, or ./.rollout."""
+    if option is not None:
+        return option
+    env = os.environ.get("ROLLOUT_STATE_DIR")
+    return Path(env) if env else Path(".rollout")
+
+
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", help="State directory (default: $ROLLOUT_STATE_DIR or ./.rollout)."
+    ),
+]
+
+
+def parse_vars(items: list[str] | None) -> dict[str, str]:
+    """`--var k=v` pairs -> a dict; a missing '=' is a usage error."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"--var takes name=value, got {item!r}")
+        out[name.strip()] = value
+    return out
+
+
+VarOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--var",
+        help="Override a variable: --var name=value (repeatable; wins over plan, env and host vars).",
+    ),
+]
+
+
+def fail(exc: RolloutError) -> NoReturn:
+    """Report a rollout error on stderr and exit with its status."""
+    text = exc.render() if isinstance(exc, PlanError) else str(exc)
+    terminal.error(text)
+    raise typer.Exit(int(exc.exit_status))
+
+
+def _version(value: bool) -> None:
+    if value:
+        terminal.print(f"rollout {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """rollout: upgrade-safety rollout orchestrator."""
+
+
+def exit_status_for(exc: BaseException) -> ExitStatus:
+    """The one place where exceptions become exit codes."""
+    if isinstance(exc, RolloutError):
+        return exc.exit_status
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.JOURNAL
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (only __main__ calls sys.exit)."""
+    from rollout.cli import commands  # noqa: F401  (registers the commands)
+
+    try:
+        # standalone mode lets typer report usage errors itself (exit 2) and turns
+        # typer.Exit into SystemExit; everything of ours arrives as a RolloutError.
+        app(args=argv, prog_name="rollout", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else int(ExitStatus.USAGE))
+    except RolloutError as exc:
+        terminal.error(exc.render() if isinstance(exc, PlanError) else str(exc))
+        return int(exit_status_for(exc))
+    except KeyboardInterrupt:
+        terminal.error("interrupted")
+        return int(ExitStatus.INTERRUPTED)
+    return 0

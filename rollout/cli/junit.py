@@ -1,0 +1,42 @@
+"""JUnit XML for CI systems: one testsuite, a testcase per thing checked."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Case:
+    """One testcase: a name, its class (the file) and the failure text, if any."""
+
+    name: str
+    classname: str
+    failure: str | None = None
+    time: float = 0.0
+
+
+def write_junit(path: Path, suite: str, cases: list[Case]) -> None:
+    """Write the cases as a JUnit XML file that CI systems read."""
+    failures = sum(1 for c in cases if c.failure is not None)
+    root = ET.Element("testsuites", name="rollout", tests=str(len(cases)), failures=str(failures))
+    node = ET.SubElement(
+        root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures), errors="0"
+    )
+    for case in cases:
+        tc = ET.SubElement(
+            node, "testcase", name=case.name, classname=case.classname, time=f"{case.time:.3f}"
+        )
+        if case.failure is not None:
+            first = case.failure.splitlines()[0] if case.failure else "failed"
+            fail = ET.SubElement(tc, "failure", message=first, type="rollout")
+            fail.text = case.failure
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    try:
+        tree.write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the JUnit report: {exc.strerror}") from exc

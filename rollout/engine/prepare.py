@@ -1,0 +1,210 @@
+"""Prepare: a loaded plan + environment -> the exact schedule a run executes.
+
+`rollout plan` prints this schedule and `rollout run` executes it; both call
+`prepare_schedule`, so the dry run cannot drift from the real thing. Pure: no I/O
+beyond reading secret values from the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from rollout.errors import PlanError, UsageError
+from rollout.executors.base import Target
+from rollout.model import Check, Guard, Notify, Percent, Step
+from rollout.planfile import LoadedPlan, Variables, host_variables, render_model
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Everything one host will do, rendered for that host."""
+
+    name: str
+    target: Target
+    prechecks: tuple[Check, ...]
+    guards: tuple[Guard, ...]
+    steps: tuple[Step, ...]
+    variables: Variables
+
+
+@dataclass(frozen=True)
+class WavePlan:
+    """A batch of hosts; `size` is what the plan asked for (`1`, `25%`, a group)."""
+
+    index: int
+    size: str
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The exact schedule of a run: waves, hosts, rendered steps and checks."""
+
+    loaded: LoadedPlan
+    env_name: str
+    run_id: str
+    waves: tuple[WavePlan, ...]
+    hosts: Mapping[str, HostPlan]
+    notify: tuple[Notify, ...]
+    secret_values: frozenset[str] = field(default_factory=frozenset)
+    skipped_waves: tuple[str, ...] = ()
+
+    @property
+    def plan_name(self) -> str:
+        """The plan's name."""
+        return self.loaded.plan.name
+
+    @property
+    def digest(self) -> str:
+        """The plan digest."""
+        return self.loaded.digest
+
+    @property
+    def strategy(self) -> object:
+        """The plan's strategy (waves, bake, budget, concurrency)."""
+        return self.loaded.plan.strategy
+
+    def host_order(self) -> list[str]:
+        """Hosts in the order the waves reach them."""
+        return [h for wave in self.waves for h in wave.hosts]
+
+    def budget(self) -> int:
+        """How many hosts may fail (and be rolled back) before the run aborts."""
+        budget = self.loaded.plan.strategy.failure_budget
+        total = len(self.hosts)
+        if isinstance(budget, Percent):
+            return int(budget.value * total // 100)
+        return budget
+
+
+def _target(loaded: LoadedPlan, env_name: str, host_name: str) -> Target:
+    env = loaded.plan.environments[env_name]
+    host = env.host(host_name)
+
+    def expand(path: str | None) -> str | None:
+        return os.path.expanduser(path) if path else None
+
+    return Target(
+        name=host_name,
+        connection=env.connection,
+        address=host.address,
+        port=host.port or env.ssh.port,
+        user=host.user or env.ssh.user,
+        identity_file=expand(env.ssh.identity_file),
+        known_hosts=expand(env.ssh.known_hosts),
+        connect_timeout=env.ssh.connect_timeout,
+    )
+
+
+def compute_waves(
+    hosts: list[str], groups: Mapping[str, list[str]], sizes: list[int | Percent | str]
+) -> tuple[list[WavePlan], list[str]]:
+    """Cumulative wave targets -> batches; hosts left after the last wave join it."""
+    total = len(hosts)
+    done: list[str] = []
+    waves: list[WavePlan] = []
+    skipped: list[str] = []
+    for size in sizes:
+        if isinstance(size, str):
+            batch = [h for h in groups.get(size, []) if h not in done]
+        else:
+            goal = min(total, size if isinstance(size, int) else size.of(total))
+            batch = [h for h in hosts if h not in done][: max(0, goal - len(done))]
+        label = str(size)
+        if not batch:
+            skipped.append(label)
+            continue
+        done.extend(batch)
+        waves.append(WavePlan(index=len(waves) + 1, size=label, hosts=tuple(batch)))
+    rest = [h for h in hosts if h not in done]
+    if rest:
+        if waves:
+            last = waves[-1]
+            waves[-1] = WavePlan(last.index, f"{last.size} + rest", last.hosts + tuple(rest))
+        else:
+            waves.append(WavePlan(1, "100%", tuple(rest)))
+    return waves, skipped
+
+
+def prepare_schedule(
+    loaded: LoadedPlan,
+    env_name: str,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    run_id: str = "dry-run",
+    for_validation: bool = False,
+) -> Schedule:
+    """Render the plan for every host of `env_name` and cut it into waves."""
+    plan = loaded.plan
+    if env_name not in plan.environments:
+        known = ", ".join(plan.environments)
+        raise UsageError(f"{loaded.shown}: no environment '{env_name}' (the plan defines: {known})")
+    env = plan.environments[env_name]
+    hosts: dict[str, HostPlan] = {}
+    secrets: set[str] = set()
+
+    def rendered(
+        key: str, items: tuple[object, ...], variables: Variables, host: str | None
+    ) -> list[object]:
+        return [
+            render_model(loaded, item, (key, i), variables, env_name=env_name, host_name=host)  # type: ignore[type-var]
+            for i, item in enumerate(items)
+        ]
+
+    for host_name in env.hosts:
+        variables = host_variables(
+            loaded,
+            env_name,
+            host_name,
+            overrides=overrides,
+            run_id=run_id,
+            for_validation=for_validation,
+        )
+        secrets.update(
+            str(variables.values[name]) for name in variables.secrets if str(variables.values[name])
+        )
+        hosts[host_name] = HostPlan(
+            name=host_name,
+            target=_target(loaded, env_name, host_name),
+            prechecks=tuple(rendered("prechecks", tuple(plan.prechecks), variables, host_name)),  # type: ignore[arg-type]
+            guards=tuple(rendered("guards", tuple(plan.guards), variables, host_name)),  # type: ignore[arg-type]
+            steps=tuple(rendered("steps", tuple(plan.steps), variables, host_name)),  # type: ignore[arg-type]
+            variables=variables,
+        )
+    env_vars = host_variables(
+        loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation
+    )
+    notify = tuple(rendered("notify", tuple(plan.notify), env_vars, None))
+    waves, skipped = compute_waves(list(env.hosts), env.groups(), list(plan.strategy.waves))
+    for host in hosts.values():
+        for i, guard in enumerate(host.guards):
+            if guard.metadata is not None and guard.metadata.baseline is not None:
+                raise loaded.error(
+                    ("guards", i, "metadata", "baseline"),
+                    "a guard cannot compare against a baseline",
+                )
+    return Schedule(
+        loaded=loaded,
+        env_name=env_name,
+        run_id=run_id,
+        waves=tuple(waves),
+        hosts=hosts,
+        notify=notify,  # type: ignore[arg-type]
+        secret_values=frozenset(secrets),
+        skipped_waves=tuple(skipped),
+    )
+
+
+def validate_environments(
+    loaded: LoadedPlan, overrides: Mapping[str, str] | None = None
+) -> list[PlanError]:
+    """Prepare every environment; return each environment's first problem (none when valid)."""
+    problems: list[PlanError] = []
+    for env_name in loaded.plan.environments:
+        try:
+            prepare_schedule(loaded, env_name, overrides=overrides, for_validation=True)
+        except PlanError as exc:
+            problems.append(exc)
+    return problems
