@@ -1,0 +1,707 @@
+"""The journal's hash chain and the environment lock, on real files and real processes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
+from rollout.journal import (
+    EnvironmentLock,
+    Event,
+    Journal,
+    LockHolder,
+    Record,
+    event_from_dict,
+    event_to_dict,
+    genesis_hash,
+    read_journal,
+    read_lock_holder,
+    verify_journal,
+)
+
+RUN_ID = "20261123T223000Z-a1b2"
+DIGEST = "ab" * 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_event() -> Event:
+    return Event("run.start", data={"run_id": RUN_ID, "plan_digest": DIGEST, "env": "prod"})
+
+
+def write_journal(path: Path, *, lines: int = 6, end: bool = True) -> list[Record]:
+    """A journal of `lines` lines: run.start, intents and results, and run.end if `end`."""
+    records = []
+    with Journal.create(path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        records.append(journal.append(start_event(), sync=True))
+        for i in range(lines - 1 - int(end)):
+            kind = "step.intent" if i % 2 == 0 else "step.result"
+            records.append(
+                journal.append(
+                    Event(kind, wave=1, host=f"web-{i}", step="upgrade", data={"exit": 0}),
+                    sync=kind == "step.intent",
+                )
+            )
+        if end:
+            records.append(journal.append(Event("run.end", outcome="ok"), sync=True))
+    return records
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path) -> Path:
+    return tmp_path / "runs" / RUN_ID / "journal.jsonl"
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+# --- writing and reading -----------------------------------------------------------------
+
+
+def test_appended_events_read_back_identically(journal_path: Path) -> None:
+    written = write_journal(journal_path)
+    reading = read_journal(journal_path)
+    assert reading.records == tuple(written)
+    assert reading.head == written[-1].hash
+    assert reading.torn is None
+    assert (reading.run_id, reading.plan_digest) == (RUN_ID, DIGEST)
+
+
+def test_line_format_is_compact_json_with_keys_in_order(journal_path: Path) -> None:
+    write_journal(journal_path)
+    first = lines_of(journal_path)[0]
+    obj = json.loads(first)
+    assert list(obj) == [
+        "seq", "ts", "mono", "kind", "wave", "host", "step", "outcome", "data", "prev",
+    ]  # fmt: skip
+    assert obj["seq"] == 1
+    assert obj["prev"] == genesis_hash(RUN_ID, DIGEST)
+    assert b", " not in first
+    assert b'": ' not in first
+    assert obj["ts"].endswith("Z")
+    assert len(obj["ts"]) == len("2026-11-23T22:30:00.123Z")
+
+
+def test_record_to_dict_reencodes_to_the_exact_line(journal_path: Path) -> None:
+    write_journal(journal_path)
+    for raw, record in zip(lines_of(journal_path), read_journal(journal_path).records, strict=True):
+        again = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        assert again.encode() + b"\n" == raw
+
+
+def test_event_dict_round_trip() -> None:
+    event = Event(
+        "step.result", wave=2, host="db-1", step="migrate", outcome="failed", data={"a": 1}
+    )
+    assert event_from_dict(event_to_dict(event)) == event
+    assert event_from_dict({"kind": "run.end", "seq": 9}) == Event("run.end")
+    with pytest.raises(ValueError, match="wave"):
+        event_from_dict({"kind": "x", "wave": "one"})
+
+
+def test_non_ascii_and_undecodable_output_is_kept(journal_path: Path) -> None:
+    with Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        journal.append(start_event())
+        journal.append(Event("step.result", data={"out": "ordre annulé ✓"}))
+        journal.append(
+            Event("step.result", data={"out": b"\xff".decode("utf-8", "surrogateescape")})
+        )
+    records = read_journal(journal_path).records
+    assert records[1].data["out"] == "ordre annulé ✓"
+    assert records[2].data["out"] == "\udcff"
+    assert "annulé".encode() in journal_path.read_bytes()
+
+
+def test_mono_is_offset_since_open_and_ts_is_utc_milliseconds(journal_path: Path) -> None:
+    ticks = iter([100.0, 100.0, 100.5, 102.25])
+    with Journal.create(
+        journal_path,
+        run_id=RUN_ID,
+        plan_digest=DIGEST,
+        clock=lambda: next(ticks),
+        wall=lambda: 1795473000.1239,
+    ) as journal:
+        first = journal.append(start_event())
+        second = journal.append(Event("step.intent"))
+        third = journal.append(Event("step.result"))
+    assert (first.mono, second.mono, third.mono) == (0.0, 0.5, 2.25)
+    assert first.ts == "2026-11-23T22:30:00.123Z"
+
+
+def test_first_event_must_be_run_start_of_this_run(journal_path: Path) -> None:
+    with Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        with pytest.raises(JournalError, match=r"run\.start"):
+            journal.append(Event("step.intent"))
+        with pytest.raises(JournalError, match="plan_digest"):
+            journal.append(Event("run.start", data={"run_id": RUN_ID, "plan_digest": "other"}))
+        assert journal.append(start_event()).seq == 1
+
+
+def test_unserialisable_event_is_refused_without_breaking_the_journal(journal_path: Path) -> None:
+    with Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        journal.append(start_event())
+        with pytest.raises(JournalError, match="cannot be journaled"):
+            journal.append(Event("step.result", data={"path": Path("/etc")}))
+        with pytest.raises(JournalError, match="cannot be journaled"):
+            journal.append(Event("step.result", data={"value": float("nan")}))
+        assert journal.append(Event("step.result")).seq == 2
+    assert verify_journal(journal_path).ok
+
+
+def test_create_refuses_an_existing_journal(journal_path: Path) -> None:
+    write_journal(journal_path)
+    before = journal_path.read_bytes()
+    with pytest.raises(JournalError, match="already exists"):
+        Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    assert journal_path.read_bytes() == before
+
+
+def test_journal_is_private_to_its_owner(journal_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_journal(journal_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(journal_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal_path.parent.stat().st_mode) == 0o700
+
+
+def test_concurrent_appends_form_one_valid_chain(journal_path: Path) -> None:
+    threads, per_thread = 8, 200
+    with Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        journal.append(start_event(), sync=True)
+        barrier = threading.Barrier(threads)
+
+        def worker(n: int) -> None:
+            barrier.wait()
+            for i in range(per_thread):
+                journal.append(Event("step.intent", host=f"h{n}", data={"i": i}), sync=i % 10 == 0)
+
+        pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        journal.append(Event("run.end", outcome="ok"), sync=True)
+    result = verify_journal(journal_path)
+    assert result.ok
+    assert result.complete
+    records = read_journal(journal_path).records
+    assert [r.seq for r in records] == list(range(1, threads * per_thread + 3))
+    monos = [r.mono for r in records]
+    assert monos == sorted(monos)
+
+
+def test_write_error_raises_and_refuses_further_appends(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    journal.append(start_event(), sync=True)
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("rollout.journal.os.write", disk_full)
+    with pytest.raises(JournalError, match="No space left"):
+        journal.append(Event("step.intent"), sync=True)
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="refuses appends"):
+        journal.append(Event("step.intent"))
+    journal.close()
+    assert verify_journal(journal_path).records == 1
+
+
+def test_fsync_error_raises_and_refuses_further_appends(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    journal.append(start_event())
+
+    def io_error(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("rollout.journal.os.fsync", io_error)
+    with pytest.raises(JournalError, match="fsync"):
+        journal.append(Event("step.intent"), sync=True)
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="refuses appends"):
+        journal.append(Event("step.intent"))
+    journal.close()
+
+
+def test_short_write_is_a_failure(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    journal.append(start_event())
+    real_write = os.write
+    monkeypatch.setattr("rollout.journal.os.write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(JournalError, match="short write"):
+        journal.append(Event("step.intent"))
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="refuses appends"):
+        journal.append(Event("step.intent"))
+    journal.close()
+    assert read_journal(journal_path).torn is not None
+
+
+def test_write_to_a_lost_file_descriptor_raises(journal_path: Path) -> None:
+    journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    journal.append(start_event())
+    fd = journal._fd
+    assert fd is not None
+    os.close(fd)
+    with pytest.raises(JournalError, match="cannot write journal line 2"):
+        journal.append(Event("step.intent"))
+    journal._fd = None  # already closed above
+
+
+def test_close_twice_is_safe_and_appending_after_close_is_refused(journal_path: Path) -> None:
+    journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    journal.append(start_event())
+    journal.close()
+    journal.close()
+    assert journal.closed
+    with pytest.raises(JournalError, match="closed"):
+        journal.append(Event("step.intent"))
+
+
+# --- tamper detection ----------------------------------------------------------------------
+
+
+def edit_data_byte(lines: list[bytes], n: int) -> list[bytes]:
+    """Change one character inside line n's host name: still valid JSON, same keys."""
+    line = lines[n - 1]
+    at = line.index(b'"host":') + len(b'"host":"')
+    if line[at - 1 : at] != b'"':  # host is null on this line: edit the timestamp instead
+        at = line.index(b'"ts":"') + len(b'"ts":"2026-11-2')
+    lines[n - 1] = line[:at] + (b"X" if line[at : at + 1] != b"X" else b"Y") + line[at + 1 :]
+    return lines
+
+
+def delete_line(lines: list[bytes], n: int) -> list[bytes]:
+    return lines[: n - 1] + lines[n:]
+
+
+def swap_lines(lines: list[bytes], n: int) -> list[bytes]:
+    lines[n - 1], lines[n] = lines[n], lines[n - 1]
+    return lines
+
+
+def insert_copy(lines: list[bytes], n: int) -> list[bytes]:
+    return [*lines[: n - 1], lines[1], *lines[n - 1 :]]
+
+
+def break_json(lines: list[bytes], n: int) -> list[bytes]:
+    lines[n - 1] = lines[n - 1].replace(b'"seq":', b'"seq"', 1)
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("damage", "n", "bad_line", "reason"),
+    [
+        (edit_data_byte, 1, 2, "prev does not match the hash of line 1"),
+        (edit_data_byte, 3, 4, "prev does not match the hash of line 3"),
+        (edit_data_byte, 5, 6, "prev does not match the hash of line 5"),
+        (break_json, 4, 4, "not valid JSON"),
+        (delete_line, 1, 1, "seq is 2, expected 1"),
+        (delete_line, 3, 3, "seq is 4, expected 3"),
+        (delete_line, 5, 5, "seq is 6, expected 5"),
+        (swap_lines, 2, 2, "seq is 3, expected 2"),
+        (swap_lines, 5, 5, "seq is 6, expected 5"),
+        (insert_copy, 4, 4, "seq is 2, expected 4"),
+        (insert_copy, 7, 7, "seq is 2, expected 7"),
+    ],
+)
+def test_tampering_is_detected_at_the_right_line(
+    journal_path: Path, damage: object, n: int, bad_line: int, reason: str
+) -> None:
+    write_journal(journal_path, lines=6)
+    assert callable(damage)
+    journal_path.write_bytes(b"".join(damage(lines_of(journal_path), n)))
+    result = verify_journal(journal_path)
+    assert not result.ok
+    assert result.first_bad_line == bad_line
+    assert result.reason is not None
+    assert reason in result.reason
+    assert result.reason.startswith(f"line {bad_line}: ")
+    with pytest.raises(JournalCorrupt) as caught:
+        read_journal(journal_path)
+    assert caught.value.line == bad_line
+
+
+def test_a_forged_prev_is_named_as_a_chain_break(journal_path: Path) -> None:
+    write_journal(journal_path, lines=8)
+    lines = lines_of(journal_path)
+    obj = json.loads(lines[6])
+    obj["prev"] = "0" * 64
+    lines[6] = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    journal_path.write_bytes(b"".join(lines))
+    result = verify_journal(journal_path)
+    assert result.first_bad_line == 7
+    assert result.reason == (
+        "line 7: prev does not match the hash of line 6 (edited, removed or reordered line)"
+    )
+
+
+@pytest.mark.parametrize("cut", [1, 2, 40, -1])
+def test_truncated_last_line_is_not_ok_and_named(journal_path: Path, cut: int) -> None:
+    """Cut `cut` bytes off the end (only the newline, ..., all of line 6 but one byte)."""
+    write_journal(journal_path, lines=6)
+    data = journal_path.read_bytes()
+    if cut < 0:
+        cut = len(lines_of(journal_path)[-1]) - 1
+    journal_path.write_bytes(data[:-cut])
+    result = verify_journal(journal_path)
+    assert not result.ok
+    assert result.first_bad_line == 6
+    assert result.reason is not None
+    assert result.reason.startswith("line 6: last line is torn")
+    assert read_journal(journal_path).torn is not None
+
+
+def test_deleted_last_line_shows_as_incomplete_and_fails_the_head_check(
+    journal_path: Path,
+) -> None:
+    records = write_journal(journal_path, lines=6)
+    full = verify_journal(journal_path, expect_head=records[-1].hash)
+    assert full.ok
+    assert full.complete
+    assert full.head == records[-1].hash
+    journal_path.write_bytes(b"".join(lines_of(journal_path)[:-1]))
+    shortened = verify_journal(journal_path)
+    assert shortened.ok
+    assert not shortened.complete
+    checked = verify_journal(journal_path, expect_head=records[-1].hash)
+    assert not checked.ok
+    assert checked.first_bad_line == 5
+
+
+def test_edited_last_line_is_caught_by_the_head_check(journal_path: Path) -> None:
+    records = write_journal(journal_path, lines=6)
+    lines = lines_of(journal_path)
+    lines[-1] = lines[-1].replace(b'"outcome":"ok"', b'"outcome":"no"')
+    journal_path.write_bytes(b"".join(lines))
+    result = verify_journal(journal_path, expect_head=records[-1].hash)
+    assert not result.ok
+    assert result.first_bad_line == 6
+
+
+def test_lines_appended_after_the_expected_head_are_named(journal_path: Path) -> None:
+    records = write_journal(journal_path, lines=6)
+    result = verify_journal(journal_path, expect_head=records[3].hash)
+    assert not result.ok
+    assert result.reason is not None
+    assert "lines 5-6 were added" in result.reason
+
+
+def test_plan_digest_must_match_when_given(journal_path: Path) -> None:
+    write_journal(journal_path)
+    assert verify_journal(journal_path, plan_digest=DIGEST).ok
+    result = verify_journal(journal_path, plan_digest="cd" * 32)
+    assert not result.ok
+    assert result.reason is not None
+    assert "plan digest differs" in result.reason
+
+
+def test_journal_of_another_plan_does_not_verify_as_this_one(journal_path: Path) -> None:
+    write_journal(journal_path)
+    lines = lines_of(journal_path)
+    lines[0] = lines[0].replace(DIGEST.encode(), b"cd" * 32)
+    journal_path.write_bytes(b"".join(lines))
+    result = verify_journal(journal_path)
+    assert not result.ok
+    assert result.first_bad_line == 1
+    assert result.reason is not None
+    assert "genesis" in result.reason
+
+
+def test_missing_or_empty_journal_is_not_ok(tmp_path: Path) -> None:
+    missing = verify_journal(tmp_path / "nope.jsonl")
+    assert not missing.ok
+    assert missing.reason is not None
+    assert "cannot read" in missing.reason
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    empty = verify_journal(tmp_path / "empty.jsonl")
+    assert not empty.ok
+    assert empty.reason == "journal is empty (no run.start)"
+
+
+JOURNAL_BYTES: bytes
+JOURNAL_HEAD: str
+
+
+def sample_journal() -> tuple[bytes, str]:
+    global JOURNAL_BYTES, JOURNAL_HEAD  # noqa: PLW0603 - built once for every example
+    if "JOURNAL_BYTES" not in globals():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "journal.jsonl"
+            JOURNAL_HEAD = write_journal(path, lines=5)[-1].hash
+            JOURNAL_BYTES = path.read_bytes()
+    return JOURNAL_BYTES, JOURNAL_HEAD
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(position=st.floats(min_value=0, max_value=1, exclude_max=True), delta=st.integers(1, 255))
+def test_any_single_byte_change_is_detected(position: float, delta: int) -> None:
+    data, head = sample_journal()
+    at = int(position * len(data))
+    changed = bytearray(data)
+    changed[at] = (changed[at] + delta) % 256
+    line_no = data[:at].count(b"\n") + 1
+    last_line = data.count(b"\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.jsonl"
+        path.write_bytes(bytes(changed))
+        assert not verify_journal(path, expect_head=head).ok
+        if line_no < last_line:  # the last line is protected by the head hash only
+            result = verify_journal(path)
+            assert not result.ok
+            assert result.first_bad_line in (line_no, line_no + 1)
+
+
+# --- recovery ------------------------------------------------------------------------------
+
+
+def test_reopen_sets_a_torn_line_aside_and_continues_the_chain(journal_path: Path) -> None:
+    records = write_journal(journal_path, lines=5, end=False)
+    torn = b'{"seq":6,"ts":"2026-11-23T22:3'
+    with journal_path.open("ab") as handle:
+        handle.write(torn)
+    size_before_tear = journal_path.stat().st_size - len(torn)
+
+    ticks = iter([50.0, 50.0, 51.0])
+    journal = Journal.reopen(
+        journal_path, run_id=RUN_ID, plan_digest=DIGEST, clock=lambda: next(ticks)
+    )
+    assert journal.recovered is not None
+    assert journal.recovered.torn is not None
+    assert journal.head == records[-1].hash
+    assert journal.seq == 5
+    resumed = journal.append(Event("rollback.intent", host="web-0"), sync=True)
+    journal.append(Event("run.end", outcome="rolled_back"), sync=True)
+    journal.close()
+
+    assert resumed.seq == 6
+    assert resumed.prev == records[-1].hash
+    assert resumed.mono >= records[-1].mono
+    result = verify_journal(journal_path)
+    assert result.ok
+    assert result.complete
+    assert result.records == 7
+    broken = journal_path.with_name("journal.jsonl.broken")
+    entry = json.loads(broken.read_bytes())
+    assert entry["offset"] == size_before_tear
+    assert entry["text"] == torn.decode()
+    assert stat.S_IMODE(broken.stat().st_mode) == 0o600
+
+
+def test_reading_without_repair_never_touches_the_files(journal_path: Path) -> None:
+    write_journal(journal_path, lines=4, end=False)
+    with journal_path.open("ab") as handle:
+        handle.write(b'{"seq":5')
+    before = journal_path.read_bytes()
+    reading = read_journal(journal_path)
+    assert reading.torn == '{"seq":5'
+    assert len(reading.records) == 4
+    assert journal_path.read_bytes() == before
+    assert not journal_path.with_name("journal.jsonl.broken").exists()
+    read_journal(journal_path, repair=True)
+    assert journal_path.read_bytes() == before[: -len(b'{"seq":5')]
+
+
+def test_reopen_refuses_a_corrupt_journal(journal_path: Path) -> None:
+    write_journal(journal_path, lines=6, end=False)
+    journal_path.write_bytes(b"".join(delete_line(lines_of(journal_path), 3)))
+    with pytest.raises(JournalCorrupt, match="line 3: seq is 4"):
+        Journal.reopen(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+
+
+def test_reopen_refuses_another_plan_digest(journal_path: Path) -> None:
+    write_journal(journal_path, lines=3, end=False)
+    with pytest.raises(Refused, match="plan digest differs"):
+        Journal.reopen(journal_path, run_id=RUN_ID, plan_digest="cd" * 32)
+    with pytest.raises(JournalError, match="belongs to run"):
+        Journal.reopen(journal_path, run_id="other-run", plan_digest=DIGEST)
+
+
+def test_reopen_of_an_empty_journal_expects_run_start(journal_path: Path) -> None:
+    Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST).close()
+    with Journal.reopen(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        assert journal.head == genesis_hash(RUN_ID, DIGEST)
+        journal.append(start_event(), sync=True)
+    assert verify_journal(journal_path).ok
+
+
+# --- the environment lock ------------------------------------------------------------------
+
+HOLDER_SCRIPT = """
+import sys, time
+from rollout.journal import EnvironmentLock, LockHolder
+lock = EnvironmentLock(sys.argv[1], "prod")
+lock.acquire(LockHolder.current("run-in-child"))
+print("locked", flush=True)
+hold = float(sys.argv[2])
+if hold < 0:
+    sys.stdin.readline()
+else:
+    time.sleep(hold)
+lock.release()
+print("released", flush=True)
+"""
+
+CONTENDER_SCRIPT = """
+import sys
+from rollout.errors import LockHeld
+from rollout.journal import EnvironmentLock, LockHolder
+try:
+    EnvironmentLock(sys.argv[1], "prod").acquire(LockHolder.current("run-2"))
+except LockHeld as exc:
+    print(exc)
+    sys.exit(int(exc.exit_status))
+"""
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture
+def lock_holder_process(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A child process holding the prod lock until its stdin gets a line."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path), "-1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "locked\n"
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_second_acquire_in_another_process_fails_fast_naming_the_holder(tmp_path: Path) -> None:
+    with EnvironmentLock(tmp_path, "prod") as lock:
+        lock.acquire(LockHolder.current("run-1"))
+        started = time.monotonic()
+        contender = subprocess.run(
+            [sys.executable, "-c", CONTENDER_SCRIPT, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=30,
+            check=False,
+        )
+        assert contender.returncode == 3, contender.stderr
+        assert f"pid {os.getpid()}" in contender.stdout
+        assert "run run-1" in contender.stdout
+        assert "held for" in contender.stdout
+        assert time.monotonic() - started < 10
+
+
+def test_lock_held_by_a_live_process_is_refused_with_its_details(
+    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
+) -> None:
+    with pytest.raises(LockHeld) as caught:
+        EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("run-2"))
+    message = str(caught.value)
+    assert f"pid {lock_holder_process.pid}" in message
+    assert "run run-in-child" in message
+    assert "lock id" in message
+
+
+def test_lock_of_a_killed_holder_is_free_at_once(
+    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
+) -> None:
+    lock_holder_process.send_signal(signal.SIGKILL)
+    lock_holder_process.wait()
+    holder = LockHolder.current("run-after-crash")
+    with EnvironmentLock(tmp_path, "prod") as lock:
+        lock.acquire(holder)
+        assert read_lock_holder(tmp_path, "prod") == holder
+
+
+def test_acquire_with_timeout_waits_for_the_holder_to_release(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path), "0.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        with EnvironmentLock(tmp_path, "prod") as lock:
+            lock.acquire(LockHolder.current("patient-run"), timeout=20, poll=0.02)
+            waited = time.monotonic() - started
+            assert lock.held
+        assert 0.1 < waited < 20
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_acquire_with_a_short_timeout_gives_up(
+    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(LockHeld):
+        EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("r"), timeout=0.2, poll=0.05)
+    assert 0.2 <= time.monotonic() - started < 5
+
+
+def test_read_lock_holder_reports_the_live_holder_and_none_when_free(
+    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
+) -> None:
+    holder = read_lock_holder(tmp_path, "prod")
+    assert holder is not None
+    assert holder.pid == lock_holder_process.pid
+    assert holder.run_id == "run-in-child"
+    assert lock_holder_process.stdin is not None
+    assert lock_holder_process.stdout is not None
+    lock_holder_process.stdin.write("release\n")
+    lock_holder_process.stdin.flush()
+    assert lock_holder_process.stdout.readline() == "released\n"
+    assert read_lock_holder(tmp_path, "prod") is None
+    assert read_lock_holder(tmp_path, "staging") is None
+
+
+def test_lock_file_is_private_and_release_is_idempotent(tmp_path: Path) -> None:
+    lock = EnvironmentLock(tmp_path, "prod")
+    lock.acquire(LockHolder.current("run-1"))
+    assert stat.S_IMODE(lock.path.stat().st_mode) == 0o600
+    assert json.loads(lock.path.read_text())["run_id"] == "run-1"
+    lock.release()
+    lock.release()
+    assert lock.path.read_bytes() == b""
+    assert read_lock_holder(tmp_path, "prod") is None
+
+
+def test_two_lock_objects_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    with EnvironmentLock(tmp_path, "prod") as first:
+        first.acquire(LockHolder.current("run-1"))
+        with pytest.raises(LockHeld, match="run run-1"):
+            EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("run-2"))
+    EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("run-2"))
+
+
+def test_environment_name_cannot_escape_the_locks_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="invalid environment name"):
+        EnvironmentLock(tmp_path, "../prod")
