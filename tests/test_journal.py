@@ -207,6 +207,25 @@ def test_concurrent_appends_form_one_valid_chain(journal_path: Path) -> None:
     assert monos == sorted(monos)
 
 
+def test_sync_append_is_fsynced_before_it_returns(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(journal_path.stat().st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr("rollout.journal.os.fsync", recording_fsync)
+    journal.append(start_event())
+    assert synced == []
+    journal.append(Event("step.intent", host="web-1", step="upgrade"), sync=True)
+    assert synced == [journal_path.stat().st_size]
+    journal.close()
+
+
 def test_write_error_raises_and_refuses_further_appends(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
