@@ -51,6 +51,8 @@ from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
 __all__ = [
     "EVENT_FIELDS",
     "JOURNAL_KEYS",
+    "RUN_END",
+    "RUN_START",
     "EnvironmentLock",
     "Event",
     "Journal",
