@@ -41,12 +41,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
 from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
+from rollout.model import Event
 
 __all__ = [
     "EVENT_FIELDS",
@@ -89,18 +90,6 @@ _ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # --- events and records ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something that happened in a run, before it is given a place in the journal."""
-
-    kind: str
-    wave: int | None = None
-    host: str | None = None
-    step: str | None = None
-    outcome: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
