@@ -172,6 +172,19 @@ class TestContract:
         assert 0.5 <= result.duration < 2.0
         assert wait_until_gone(pids) == []
 
+    def test_a_command_that_closed_its_output_still_obeys_the_timeout(
+        self, executor: Executor
+    ) -> None:
+        result = executor.run("exec >/dev/null 2>&1; sleep 30", timeout=0.5)
+        assert result.timed_out
+        assert 0.5 <= result.duration < 2.0
+
+    def test_a_command_that_closed_its_output_still_reports_its_exit_code(
+        self, executor: Executor
+    ) -> None:
+        result = executor.run("exec >/dev/null 2>&1; sleep 0.3; exit 4", timeout=10)
+        assert result.exit_code == 4
+
     def test_cancel_from_another_thread_kills_an_in_flight_command(
         self, executor: Executor, tmp_path: Path
     ) -> None:

@@ -170,11 +170,13 @@ class LocalExecutor:
         exited_at: float | None = None
         timed_out = False
         try:
-            while tails:
+            # Until both pipes hit EOF *and* the shell has exited: a shell that closed
+            # its output may still be running (and must then still obey the timeout).
+            while tails or exited_at is None:
                 now = time.monotonic()
                 if exited_at is None and (pidfd < 0 or entry.cancelled):
                     exited_at = now if _leader_exited(proc.pid) else None
-                if exited_at is not None and now - exited_at >= _LINGER:
+                if exited_at is not None and (not tails or now - exited_at >= _LINGER):
                     break  # background children hold the pipes; stop waiting for them
                 if deadline is not None and now >= deadline and exited_at is None:
                     timed_out = True
