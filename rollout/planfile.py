@@ -155,6 +155,62 @@ class _Builder:
             path=format_loc(loc) or None,
         )
 
+    def build_document(self, node: yaml.Node) -> Any:
+        """Plain data from a whole document, refusing an alias bomb before expanding it."""
+        self._refuse_runaway_aliases(node)
+        return self.build(node, ())
+
+    def _refuse_runaway_aliases(self, root: yaml.Node) -> None:
+        # Aliases share nodes, so the composed graph stays small while its expansion can be
+        # exponential. Sizing each distinct node once costs time in the graph's size, so a
+        # bomb fails in milliseconds instead of after MAX_NODES values have been built.
+        sizes: dict[int, int] = {}
+
+        def children(node: yaml.Node, loc: Loc) -> Iterator[tuple[yaml.Node, Loc]]:
+            if isinstance(node, yaml.SequenceNode):
+                for i, child in enumerate(node.value):
+                    yield child, (*loc, i)
+            elif isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    yield key, loc
+                    yield value, (*loc, str(key.value) if isinstance(key, yaml.ScalarNode) else "?")
+
+        def size(node: yaml.Node, depth: int) -> int:
+            if id(node) in sizes:
+                return sizes[id(node)]
+            if depth > MAX_DEPTH:
+                return 1  # build() reports the nesting itself
+            sizes[id(node)] = MAX_NODES + 1  # met again while being sized: it contains itself
+            total = 1
+            for child, _ in children(node, ()):
+                total += size(child, depth + 1)
+                if total > MAX_NODES:
+                    break
+            sizes[id(node)] = min(total, MAX_NODES + 1)
+            return sizes[id(node)]
+
+        if size(root, 0) <= MAX_NODES:
+            return
+        # Point at the innermost runaway node: the anchor use that starts the explosion.
+        node: yaml.Node = root
+        loc: Loc = ()
+        seen = {id(root)}
+        while True:
+            inner = next(
+                ((c, cl) for c, cl in children(node, loc) if sizes.get(id(c), 0) > MAX_NODES),
+                None,
+            )
+            if inner is None or id(inner[0]) in seen:
+                break
+            node, loc = inner
+            seen.add(id(node))
+        raise self.fail(
+            node,
+            loc,
+            f"the document expands to more than {MAX_NODES} values "
+            "(an alias bomb or a runaway anchor?); refusing to expand it",
+        )
+
     def build(self, node: yaml.Node, loc: Loc, depth: int = 0) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
@@ -255,7 +311,7 @@ def load_yaml_document(text: str, name: str) -> Any:
     node = _compose(text, name)
     if node is None:
         return None
-    return _Builder(name).build(node, ())
+    return _Builder(name).build_document(node)
 
 
 def _read_plan_text(path: Path, shown: str) -> str:
@@ -321,7 +377,7 @@ class _Loader:
                 column=1,
             )
         builder = _Builder(shown)
-        data = builder.build(node, ())
+        data = builder.build_document(node)
         if not isinstance(data, dict):
             mark = builder.mark(node)
             raise PlanError(
