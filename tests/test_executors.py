@@ -150,6 +150,11 @@ class TestContract:
         result = executor.run("wc -c; cat >/dev/null", stdin=data, timeout=20)
         assert result.stdout.strip() == str(len(data))
 
+    def test_stdin_the_command_does_not_read_is_not_an_error(self, executor: Executor) -> None:
+        result = executor.run("echo quick", stdin=b"z" * 2_000_000, timeout=20)
+        assert result.ok
+        assert result.stdout == "quick\n"
+
     def test_without_stdin_the_command_reads_eof(self, executor: Executor) -> None:
         result = executor.run("cat; echo done", timeout=10)
         assert result.stdout == "done\n"

@@ -354,8 +354,11 @@ class SshExecutor:
             if exited_at is not None and now - exited_at >= _LINGER:
                 break  # background children hold the remote pipes; stop waiting for them
             if pending and channel.send_ready():
-                pending = pending[channel.send(bytes(pending[:_READ_CHUNK])) :]
-                if not pending:
+                try:
+                    pending = pending[channel.send(bytes(pending[:_READ_CHUNK])) :]
+                except OSError:
+                    pending = pending[:0]  # the command exited without reading it all
+                if not pending and not channel.closed:
                     channel.shutdown_write()
             waits = [] if deadline is None or timed_out else [deadline - now]
             if entry.kill_requested_at is not None:
