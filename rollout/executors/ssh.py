@@ -222,6 +222,12 @@ class SshExecutor:
             raise ConnectError(
                 f"SSH handshake with {target.endpoint} failed: {exc}", host=target.name
             ) from exc
+        except EOFError as exc:
+            client.close()
+            raise ConnectError(
+                f"{target.endpoint} closed the connection during the SSH handshake",
+                host=target.name,
+            ) from exc
         except TimeoutError as exc:
             client.close()
             raise ConnectError(
@@ -279,7 +285,7 @@ class SshExecutor:
             try:
                 channel.exec_command(wrapped)
                 out, err, exit_code, timed_out = self._pump(entry, stdin, timeout, started)
-            except paramiko.SSHException as exc:
+            except (paramiko.SSHException, EOFError) as exc:
                 raise ExecutorError(
                     f"command failed on {self.target.endpoint}: {exc}", host=self.target.name
                 ) from exc
@@ -447,7 +453,7 @@ class SshExecutor:
         transport = self._transport()
         try:
             sftp = paramiko.SFTPClient.from_transport(transport)
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as exc:
             raise ExecutorError(
                 f"cannot start SFTP on {self.target.endpoint}: {exc}", host=self.target.name
             ) from exc
@@ -473,7 +479,7 @@ class SshExecutor:
             raise ExecutorError(
                 f"cannot read {path}: {exc.strerror or exc}", host=self.target.name
             ) from exc
-        except paramiko.SSHException as exc:
+        except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
             raise ExecutorError(f"cannot read {path}: {exc}", host=self.target.name) from exc
         finally:
             sftp.close()
@@ -493,9 +499,9 @@ class SshExecutor:
             sftp.chmod(tmp, mode)
             # posix-rename replaces the target in one step (plain SFTP rename refuses to).
             sftp.posix_rename(tmp, path)
-        except (OSError, paramiko.SSHException) as exc:
+        except (OSError, paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
             # The temp file may never have been created, or the connection is gone.
-            with contextlib.suppress(OSError, paramiko.SSHException):
+            with contextlib.suppress(OSError, paramiko.SSHException, paramiko.SFTPError, EOFError):
                 sftp.remove(tmp)
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ExecutorError(f"cannot write {path}: {detail}", host=self.target.name) from exc
