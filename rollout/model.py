@@ -333,11 +333,18 @@ class MetadataCheck(Model):
 CHECK_KINDS = ("command", "http", "tcp", "metadata")
 
 
+def _command_shorthand_schema(schema: dict[str, Any]) -> None:
+    # `command: test -f x` is accepted as {run: ...}; the schema must accept it too.
+    schema.setdefault("anyOf", []).insert(
+        0, {"type": "string", "description": "shorthand for {run: COMMAND}"}
+    )
+
+
 class Check(Model):
     """A read-only test with a verdict; exactly one of command, http, tcp, metadata."""
 
     name: str | None = None
-    command: CommandCheck | None = None
+    command: CommandCheck | None = Field(default=None, json_schema_extra=_command_shorthand_schema)
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
     metadata: MetadataCheck | None = None
