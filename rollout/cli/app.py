@@ -72,9 +72,7 @@ def state_dir(option: Path | None = None) -> Path:
 
 StateDirOption = Annotated[
     Path | None,
-    typer.Option(
-        "--state-dir", help="State directory (default: $ROLLOUT_STATE_DIR or ./.rollout)."
-    ),
+    typer.Option("--state-dir", help="State directory (default: $ROLLOUT_STATE_DIR or ./.rollout)."),
 ]
 
 
@@ -115,9 +113,7 @@ def _version(value: bool) -> None:
 def main(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
     ] = False,
 ) -> None:
     """rollout: upgrade-safety rollout orchestrator."""

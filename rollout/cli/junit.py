@@ -23,13 +23,9 @@ def write_junit(path: Path, suite: str, cases: list[Case]) -> None:
     """Write the cases as a JUnit XML file that CI systems read."""
     failures = sum(1 for c in cases if c.failure is not None)
     root = ET.Element("testsuites", name="rollout", tests=str(len(cases)), failures=str(failures))
-    node = ET.SubElement(
-        root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures), errors="0"
-    )
+    node = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures), errors="0")
     for case in cases:
-        tc = ET.SubElement(
-            node, "testcase", name=case.name, classname=case.classname, time=f"{case.time:.3f}"
-        )
+        tc = ET.SubElement(node, "testcase", name=case.name, classname=case.classname, time=f"{case.time:.3f}")
         if case.failure is not None:
             first = case.failure.splitlines()[0] if case.failure else "failed"
             fail = ET.SubElement(tc, "failure", message=first, type="rollout")

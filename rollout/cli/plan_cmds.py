@@ -37,9 +37,7 @@ def _as_dict(exc: PlanError) -> dict[str, Any]:
 def validate(
     plans: Annotated[list[Path], typer.Argument(help="Plan files to check.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    junit: Annotated[
-        Path | None, typer.Option("--junit", help="Also write JUnit XML to this file.")
-    ] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Also write JUnit XML to this file.")] = None,
     var: VarOption = None,
 ) -> None:
     """Lint and type-check plans: every environment of every plan (exit 0 valid, 2 not)."""
@@ -75,16 +73,12 @@ def validate(
                 )
             )
         if problems and not any(c.failure for c in cases if c.classname == str(path)):
-            cases.append(
-                Case(name="templates", classname=str(path), failure="\n".join(sorted(failing)))
-            )
+            cases.append(Case(name="templates", classname=str(path), failure="\n".join(sorted(failing))))
         results.append(entry)
     if junit is not None:
         write_junit(junit, "rollout validate", cases)
     if as_json:
-        terminal.print(
-            json.dumps({"valid": all(r["valid"] for r in results), "plans": results}, indent=2)
-        )
+        terminal.print(json.dumps({"valid": all(r["valid"] for r in results), "plans": results}, indent=2))
     else:
         for r in results:
             if r["valid"]:
@@ -109,9 +103,7 @@ def validate(
         bad = sum(1 for r in results if not r["valid"])
         if len(results) > 1 or bad:
             terminal.print(f"{len(results) - bad} valid, {bad} invalid")
-    raise typer.Exit(
-        int(ExitStatus.SUCCESS if all(r["valid"] for r in results) else ExitStatus.USAGE)
-    )
+    raise typer.Exit(int(ExitStatus.SUCCESS if all(r["valid"] for r in results) else ExitStatus.USAGE))
 
 
 def describe_check(check: Check) -> str:
@@ -122,9 +114,7 @@ def describe_check(check: Check) -> str:
         return f"command `{c.run}` exits {c.exit_code}{extra}"
     if check.http is not None:
         h = check.http
-        expect = [f"status {h.status}"] + [
-            f"{k} == {json.dumps(v)}" for k, v in h.json_equals.items()
-        ]
+        expect = [f"status {h.status}"] + [f"{k} == {json.dumps(v)}" for k, v in h.json_equals.items()]
         if h.body:
             expect.append(f"body ~ /{h.body}/")
         return f"http {h.method} {h.url} -> {', '.join(expect)}"
@@ -147,9 +137,7 @@ def describe_check(check: Check) -> str:
             f"budget vs {base} by {m.key}: max_changed {m.max_changed}, removals {'allowed' if m.allow_removed else 'refused'}"
         )
     if m.equals is not None:
-        parts.append(
-            f"read-back equals {m.equals.file or m.equals.host_file or m.equals.url or m.equals.command}"
-        )
+        parts.append(f"read-back equals {m.equals.file or m.equals.host_file or m.equals.url or m.equals.command}")
     return "; ".join(parts)
 
 
@@ -169,9 +157,7 @@ def schedule_as_dict(schedule: Schedule) -> dict[str, Any]:
             "concurrency": strategy.concurrency,
         },
         "skipped_waves": list(schedule.skipped_waves),
-        "waves": [
-            {"wave": w.index, "size": w.size, "hosts": list(w.hosts)} for w in schedule.waves
-        ],
+        "waves": [{"wave": w.index, "size": w.size, "hosts": list(w.hosts)} for w in schedule.waves],
         "hosts": {
             name: {
                 "target": {
@@ -221,9 +207,7 @@ def _redact(text: str, secrets: frozenset[str]) -> str:
 )
 def plan_command(
     plan: Annotated[Path, typer.Argument(help="The plan file.", show_default=False)],
-    env: Annotated[
-        str, typer.Option("--env", "-e", help="The environment to schedule.", show_default=False)
-    ],
+    env: Annotated[str, typer.Option("--env", "-e", help="The environment to schedule.", show_default=False)],
     var: VarOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
 ) -> None:
@@ -249,9 +233,7 @@ def plan_command(
         f"host(s); concurrency {s['concurrency'] or 'all hosts of a wave'}",
     ]
     if schedule.skipped_waves:
-        lines.append(
-            f"note: waves {', '.join(schedule.skipped_waves)} add no hosts here and are skipped"
-        )
+        lines.append(f"note: waves {', '.join(schedule.skipped_waves)} add no hosts here and are skipped")
     first = next(iter(data["hosts"].values()))
     lines.append("")
     lines.append("pre-checks (on every host; all must pass before anything changes):")
@@ -279,19 +261,14 @@ def plan_command(
                 )
                 lines.append(f"       run:      {step['run']}")
                 for v in step["verify"]:
-                    lines.append(
-                        f"       verify:   {v['name'] + ': ' if v['name'] else ''}{v['check']}"
-                    )
-                lines.append(
-                    f"       rollback: {step['rollback'] if step['rollback'] else 'NONE (irreversible)'}"
-                )
+                    lines.append(f"       verify:   {v['name'] + ': ' if v['name'] else ''}{v['check']}")
+                lines.append(f"       rollback: {step['rollback'] if step['rollback'] else 'NONE (irreversible)'}")
         if p.strategy.bake:
             lines.append(f"  then bake {s['bake']} with guards green")
     irreversible = [st.name for st in p.steps if st.irreversible]
     lines.append("")
     lines.append(
-        "irreversible steps: "
-        + (", ".join(irreversible) if irreversible else "none (every step has a rollback)")
+        "irreversible steps: " + (", ".join(irreversible) if irreversible else "none (every step has a rollback)")
     )
     lines.append("nothing was changed (dry run)")
     terminal.print(_redact("\n".join(lines), secrets))

@@ -145,9 +145,7 @@ def prepare_schedule(
     hosts: dict[str, HostPlan] = {}
     secrets: set[str] = set()
 
-    def rendered(
-        key: str, items: tuple[object, ...], variables: Variables, host: str | None
-    ) -> list[object]:
+    def rendered(key: str, items: tuple[object, ...], variables: Variables, host: str | None) -> list[object]:
         return [
             render_model(loaded, item, (key, i), variables, env_name=env_name, host_name=host)  # type: ignore[type-var]
             for i, item in enumerate(items)
@@ -162,9 +160,7 @@ def prepare_schedule(
             run_id=run_id,
             for_validation=for_validation,
         )
-        secrets.update(
-            str(variables.values[name]) for name in variables.secrets if str(variables.values[name])
-        )
+        secrets.update(str(variables.values[name]) for name in variables.secrets if str(variables.values[name]))
         hosts[host_name] = HostPlan(
             name=host_name,
             target=_target(loaded, env_name, host_name),
@@ -173,9 +169,7 @@ def prepare_schedule(
             steps=tuple(rendered("steps", tuple(plan.steps), variables, host_name)),  # type: ignore[arg-type]
             variables=variables,
         )
-    env_vars = host_variables(
-        loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation
-    )
+    env_vars = host_variables(loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation)
     notify = tuple(rendered("notify", tuple(plan.notify), env_vars, None))
     waves, skipped = compute_waves(list(env.hosts), env.groups(), list(plan.strategy.waves))
     for host in hosts.values():
@@ -197,9 +191,7 @@ def prepare_schedule(
     )
 
 
-def validate_environments(
-    loaded: LoadedPlan, overrides: Mapping[str, str] | None = None
-) -> list[PlanError]:
+def validate_environments(loaded: LoadedPlan, overrides: Mapping[str, str] | None = None) -> list[PlanError]:
     """Prepare every environment; return each environment's first problem (none when valid)."""
     problems: list[PlanError] = []
     for env_name in loaded.plan.environments:

@@ -1,0 +1,172 @@
+"""Live progress: a rich view on a TTY, one plain line per event elsewhere (CI logs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from rollout.engine.prepare import Schedule
+from rollout.model import Event, EventKind
+from rollout.report.timeline import describe_event
+
+
+def utc_now_ms() -> str:
+    """HH:MM:SS.mmm in UTC."""
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
+
+
+class PlainDisplay:
+    """One line per event, no control codes: for logs and pipes."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event, *, sync: bool) -> None:
+        """Print the event as a timestamped line."""
+        line = f"{utc_now_ms()}  {describe_event(event)}"
+        with self._lock:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        """A message from the CLI itself (e.g. on Ctrl-C)."""
+        with self._lock:
+            self.console.print(f"{utc_now_ms()}  {text}", markup=False, highlight=False)
+
+    def close(self) -> None:
+        """Nothing to tear down."""
+
+
+_SYMBOL = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "bold cyan"),
+    "ok": ("✓", "green"),
+    "failed": ("✗", "bold red"),
+    "timed_out": ("⏱", "bold red"),
+    "aborted": ("✗", "red"),
+    "verifying": ("?", "cyan"),
+    "rolling_back": ("↺", "bold yellow"),
+    "rolled_back": ("↺", "yellow"),
+    "rollback_failed": ("✗↺", "bold white on red"),
+    "skipped": ("-", "dim"),
+}
+_GUARD_STYLE = {"green": "green", "failing": "bold yellow", "tripped": "bold white on red"}
+
+
+class LiveDisplay:
+    """Waves x hosts x steps with states, guard health per host, elapsed time, rollback status."""
+
+    def __init__(self, console: Console, schedule: Schedule) -> None:
+        self.console = console
+        self.schedule = schedule
+        self.steps = [s.name for s in schedule.loaded.plan.steps]
+        self.wave_of = {h: w.index for w in schedule.waves for h in w.hosts}
+        self.cells: dict[tuple[str, str], str] = {(h, s): "pending" for h in schedule.hosts for s in self.steps}
+        self.guard: dict[str, str] = dict.fromkeys(schedule.hosts, "—")
+        self.phase = "pre-checks"
+        self.status = ""
+        self.recent: deque[str] = deque(maxlen=6)
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+        self._live.start()
+
+    def emit(self, event: Event, *, sync: bool) -> None:
+        """Fold the event into the view."""
+        with self._lock:
+            self._fold(event)
+            self.recent.append(f"{utc_now_ms()}  {describe_event(event)}")
+            self._live.update(self._render())
+
+    def note(self, text: str) -> None:
+        """A message from the CLI itself."""
+        with self._lock:
+            self.recent.append(f"{utc_now_ms()}  {text}")
+            self._live.update(self._render())
+
+    def _fold(self, e: Event) -> None:
+        k = e.kind
+        key = (e.host or "", e.step or "")
+        if k == EventKind.WAVE_START:
+            self.phase = f"wave {e.wave}"
+        elif k == EventKind.BAKE_START:
+            self.phase = f"baking wave {e.wave}"
+        elif k == EventKind.STEP_INTENT:
+            self.cells[key] = "running"
+        elif k == EventKind.STEP_RESULT:
+            self.cells[key] = "verifying" if e.outcome == "ok" else str(e.outcome)
+        elif k == EventKind.VERIFY and e.outcome != "ok":
+            self.cells[key] = "failed"
+        elif k == EventKind.ABORT:
+            self.phase = "ABORTING"
+            self.status = str(e.data.get("cause", {}).get("summary", ""))
+        elif k == EventKind.ROLLBACK_START:
+            self.phase = "ROLLING BACK"
+        elif k == EventKind.ROLLBACK_INTENT:
+            self.cells[key] = "rolling_back"
+            self.status = f"rolling back {e.step} on {e.host}"
+        elif k == EventKind.ROLLBACK_RESULT:
+            self.cells[key] = (
+                "rolled_back" if e.outcome == "ok" else ("skipped" if e.outcome == "skipped" else "rollback_failed")
+            )
+        elif k == EventKind.GUARD_STATE and e.host:
+            self.guard[e.host] = str(e.outcome)
+        elif k == EventKind.GUARDS_START:
+            self.guard = dict.fromkeys(self.guard, "green")
+        elif k == EventKind.RUN_END:
+            self.phase = f"ended: {e.outcome}"
+        if k in (EventKind.STEP_RESULT, EventKind.VERIFY, EventKind.WAVE_END):
+            for cell, state in self.cells.items():
+                if state == "verifying" and (k == EventKind.WAVE_END or cell == key):
+                    if k == EventKind.WAVE_END or e.outcome == "ok":
+                        self.cells[cell] = "ok" if k == EventKind.WAVE_END or self._last_verify(cell, e) else state
+
+    def _last_verify(self, cell: tuple[str, str], e: Event) -> bool:
+        host_step = self.schedule.hosts[cell[0]].steps
+        step = next((s for s in host_step if s.name == cell[1]), None)
+        if step is None or not step.verify:
+            return True
+        return e.kind == EventKind.VERIFY and e.data.get("check") == step.verify[-1].label
+
+    def _render(self) -> Group:
+        elapsed = time.monotonic() - self.started
+        head = Text.assemble(
+            (f"{self.schedule.plan_name} ", "bold"),
+            (f"on {self.schedule.env_name}  ", ""),
+            (f"{self.phase}", "bold magenta" if "ROLL" in self.phase or "ABORT" in self.phase else "bold"),
+            (f"  {elapsed:6.1f}s", "dim"),
+        )
+        table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+        table.add_column("wave", justify="right")
+        table.add_column("host")
+        for step in self.steps:
+            table.add_column(step[:18], justify="center")
+        table.add_column("guards")
+        for host in self.schedule.host_order():
+            row: list[Any] = [str(self.wave_of.get(host, "")), host]
+            for step in self.steps:
+                symbol, style = _SYMBOL.get(self.cells[(host, step)], ("?", ""))
+                row.append(Text(symbol, style=style))
+            g = self.guard.get(host, "—")
+            row.append(Text(g, style=_GUARD_STYLE.get(g, "dim")))
+            table.add_row(*row)
+        parts: list[Any] = [head, table]
+        if self.status:
+            parts.append(Text(self.status, style="yellow"))
+        parts.extend(Text(line, style="dim") for line in self.recent)
+        return Group(*parts)
+
+    def close(self) -> None:
+        """Leave the final view on screen."""
+        with self._lock:
+            self._live.update(self._render())
+            self._live.stop()

@@ -1,0 +1,482 @@
+"""`rollout run`, `rollout recover`, `rollout runs` and `rollout timeline`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rollout.cli.app import StateDirOption, VarOption, app, fail, parse_vars, state_dir, terminal
+from rollout.cli.display import LiveDisplay, PlainDisplay
+from rollout.engine.apply import Engine, RunResult
+from rollout.engine.events import Bus, Redactor
+from rollout.engine.prepare import Schedule, prepare_schedule
+from rollout.errors import ExitStatus, JournalError, Refused, RolloutError, UsageError
+from rollout.journal import EnvironmentLock, Journal, LockHolder, read_journal, verify_journal
+from rollout.model import Event, FreezeWindow, Outcome, format_duration, parse_duration
+from rollout.planfile import LoadedPlan, load_plan
+from rollout.runstore import RunDir, create_run_dir, find_run, list_runs, new_run_id
+
+
+class JournalSink:
+    """The journal as a sink: appends every event, durable when asked."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def emit(self, event: Event, *, sync: bool) -> None:
+        """Append the event (raises JournalError on a write or fsync failure)."""
+        self.journal.append(event, sync=sync)
+
+
+def _duration_option(value: str, name: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=name) from None
+
+
+def freeze_window_now(windows: list[FreezeWindow], now: dt.datetime) -> FreezeWindow | None:
+    """The freeze window that covers `now`, if any."""
+    for window in windows:
+        if window.days is None:
+            try:
+                start = dt.datetime.fromisoformat(window.start.replace("Z", "+00:00"))
+                end = dt.datetime.fromisoformat(window.end.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            start = start if start.tzinfo else start.replace(tzinfo=dt.UTC)
+            end = end if end.tzinfo else end.replace(tzinfo=dt.UTC)
+            if start <= now < end:
+                return window
+        else:
+            day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][now.weekday()]
+            hhmm = now.strftime("%H:%M")
+            if day in window.days and window.start <= hhmm < window.end:
+                return window
+    return None
+
+
+@contextmanager
+def _signals(handler: Callable[[str], None]) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to the engine while a run is in progress."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        handler(signal.Signals(signum).name)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _display(schedule: Schedule) -> LiveDisplay | PlainDisplay:
+    if terminal.out.is_terminal and os.environ.get("TERM") != "dumb":
+        return LiveDisplay(terminal.out, schedule)
+    return PlainDisplay(terminal.out)
+
+
+def _print_result(result: RunResult, run: RunDir, schedule: Schedule) -> None:
+    out = terminal.print
+    out("")
+    cause = result.cause
+    if result.outcome == Outcome.SUCCEEDED:
+        out(
+            f"SUCCEEDED: plan {schedule.plan_name} on {schedule.env_name}, {len(schedule.hosts)} hosts in {len(schedule.waves)} waves"
+        )
+        if result.failed_hosts:
+            out(
+                f"  {len(result.failed_hosts)} host(s) failed within the failure budget and were rolled back: {', '.join(result.failed_hosts)}"
+            )
+    elif result.outcome == Outcome.REFUSED:
+        out("REFUSED: a pre-check failed; nothing was changed on any host")
+        for host, check, summary in result.failed_prechecks:
+            out(f"  {host}: pre-check '{check}' failed: {summary}")
+    elif result.outcome == Outcome.JOURNAL_FAILED:
+        out(f"STOPPED: the journal could not be written ({result.journal_error}); no further changes were made")
+        out(
+            f"  evidence may be incomplete; inspect the targets, then `rollout recover {run.run_id}` once the disk is fixed"
+        )
+    else:
+        label = {
+            Outcome.ROLLED_BACK: "ROLLED BACK",
+            Outcome.INTERRUPTED: "INTERRUPTED and rolled back",
+            Outcome.ROLLBACK_FAILED: "ROLLBACK FAILED: manual action needed",
+        }[result.outcome]
+        out(f"{label}: {cause.summary if cause else 'aborted'}")
+        if result.rolled_back:
+            out("  undone (newest first per host): " + ", ".join(f"{h}/{s}" for h, s in result.rolled_back))
+        for failure in result.rollback_failures:
+            out(f"  rollback FAILED on {failure.host}, step {failure.step}: {failure.summary}")
+        if result.remaining:
+            out("  still applied (undo by hand, newest first):")
+            for host, steps in result.remaining.items():
+                out(f"    {host}: {', '.join(steps)}")
+        if result.irreversible_left:
+            out(
+                "  irreversible steps left applied: "
+                + "; ".join(f"{h}: {', '.join(s)}" for h, s in result.irreversible_left.items())
+            )
+        if result.guards_green is False:
+            out("  guards are still failing after the rollback: the service has not recovered")
+        if result.outcome != Outcome.ROLLBACK_FAILED and not result.remaining:
+            out("  targets are back where they started")
+    out(f"  run {run.run_id}: journal {run.journal}")
+    if run.report.exists():
+        out(f"  report {run.report}")
+
+
+def _write_report(run: RunDir) -> None:
+    """Write report.md at the end of every run (best effort: the journal is the evidence)."""
+    try:
+        from rollout.report.incident import write_markdown_report  # noqa: PLC0415
+    except ImportError:
+        return
+    try:
+        write_markdown_report(run)
+    except RolloutError as exc:
+        terminal.error(f"warning: could not write the report: {exc}")
+
+
+def execute(
+    loaded: LoadedPlan,
+    schedule: Schedule,
+    *,
+    state: Path,
+    lock_timeout: float,
+    grace: float,
+    overrides: dict[str, str],
+) -> int:
+    """Lock, create the run directory and journal, run the engine, report; return the exit code."""
+    lock = EnvironmentLock(state, schedule.env_name)
+    lock.acquire(LockHolder.current(schedule.run_id), timeout=lock_timeout)
+    try:
+        run = create_run_dir(
+            state,
+            schedule.run_id,
+            files=loaded.files,
+            digest=loaded.digest,
+            meta={
+                "run_id": schedule.run_id,
+                "plan_file": str(loaded.path.resolve()),
+                "environment": schedule.env_name,
+                "vars": overrides,
+                "plan_digest": loaded.digest,
+            },
+        )
+        journal = Journal.create(run.journal, run_id=schedule.run_id, plan_digest=loaded.digest)
+        display = _display(schedule)
+        bus = Bus(JournalSink(journal), [display], Redactor(schedule.secret_values))
+        _add_notifier(bus, schedule, run)
+        engine = Engine(schedule, bus, grace=grace)
+
+        def on_signal(name: str) -> None:
+            display.note(engine.interrupt(name))
+
+        try:
+            with _signals(on_signal):
+                result = engine.run()
+        finally:
+            display.close()
+            journal.close()
+        _write_report(run)
+        _print_result(result, run, schedule)
+        return int(result.exit_status)
+    finally:
+        lock.release()
+
+
+def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir) -> None:
+    if not schedule.notify:
+        return
+    try:
+        from rollout.report.notify import Notifier  # noqa: PLC0415
+    except ImportError:
+        return
+    bus.add(Notifier(schedule, bus))
+
+
+@app.command(
+    epilog="Examples:\n\n  rollout run plans/order-gateway-metadata.yaml --env demo\n\n"
+    "  rollout run plan.yaml --env production --yes --lock-timeout 30s --grace 20s",
+)
+def run(
+    plan: Annotated[Path, typer.Argument(help="The plan file.", show_default=False)],
+    env: Annotated[str, typer.Option("--env", "-e", help="The environment to run on.", show_default=False)],
+    var: VarOption = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Do not ask for confirmation (required off a terminal for non-rehearsal environments)."
+        ),
+    ] = False,
+    lock_timeout: Annotated[
+        str, typer.Option("--lock-timeout", help="Wait this long for the environment lock (default: fail at once).")
+    ] = "0s",
+    grace: Annotated[
+        str, typer.Option("--grace", help="On abort, how long in-flight commands may finish before they are killed.")
+    ] = "10s",
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """Execute a plan: pre-checks, guards, waves; automatic rollback on any failure."""
+    lock_wait = _duration_option(lock_timeout, "--lock-timeout")
+    grace_s = _duration_option(grace, "--grace")
+    overrides = parse_vars(var)
+    try:
+        loaded = load_plan(plan)
+        schedule = prepare_schedule(loaded, env, overrides=overrides, run_id=new_run_id())
+    except RolloutError as exc:
+        fail(exc)
+    window = freeze_window_now(loaded.plan.freeze, dt.datetime.now(dt.UTC))
+    if window is not None:
+        fail(
+            Refused(
+                f"{loaded.shown}: environment changes are frozen ({window.start} .. {window.end}): {window.reason or 'freeze window'}"
+            )
+        )
+    rehearsal = loaded.plan.environments[env].rehearsal
+    if not rehearsal and not yes:
+        if not sys.stdin.isatty():
+            fail(
+                UsageError(f"refusing to change '{env}' (not a rehearsal environment) without confirmation: pass --yes")
+            )
+        answer = typer.prompt(
+            f"Run '{loaded.plan.name}' on {env} ({len(schedule.hosts)} hosts)? Type the environment name to confirm"
+        )
+        if answer.strip() != env:
+            fail(UsageError("not confirmed; nothing was changed"))
+    try:
+        code = execute(
+            loaded, schedule, state=state_dir(state_dir_opt), lock_timeout=lock_wait, grace=grace_s, overrides=overrides
+        )
+    except RolloutError as exc:
+        fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command(
+    epilog="Examples:\n\n  rollout recover 20261123T223012Z-3f9a2c\n\n  rollout recover last --plan plans/order-gateway-metadata.yaml",
+)
+def recover(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN", help="The run id (or a unique prefix, or 'last').", show_default=False)
+    ],
+    plan: Annotated[Path | None, typer.Option("--plan", help="The original plan file, if it moved or changed.")] = None,
+    lock_timeout: Annotated[
+        str, typer.Option("--lock-timeout", help="Wait this long for the environment lock.")
+    ] = "0s",
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """Finish what a dead run left: settle in-doubt steps with verify, roll back everything applied."""
+    from rollout.engine.recover import recover_run  # noqa: PLC0415
+
+    state = state_dir(state_dir_opt)
+    try:
+        rundir = find_run(state, run_id)
+        meta = rundir.meta()
+        reading = read_journal(rundir.journal)
+        if not reading.records:
+            raise JournalError(f"{rundir.journal}: the journal is empty")
+        digest = reading.plan_digest or meta.get("plan_digest", "")
+        ended = next((r for r in reading.records if r.kind == "run.end"), None)
+        if ended is not None and reading.torn is None:
+            terminal.print(f"run {rundir.run_id} already ended ({ended.outcome}); nothing to recover")
+            raise typer.Exit(0)
+        plan_path = plan or Path(meta["plan_file"])
+        loaded = load_plan(plan_path)
+        if loaded.digest != digest:
+            raise Refused(
+                f"{plan_path}: the plan's digest {loaded.digest[:12]} does not match the run's {digest[:12]}: "
+                "the plan changed since the run started; pass --plan with the original plan file"
+            )
+        env_name = str(meta["environment"])
+        schedule = prepare_schedule(loaded, env_name, overrides=meta.get("vars") or {}, run_id=rundir.run_id)
+        lock = EnvironmentLock(state, env_name)
+        lock.acquire(LockHolder.current(rundir.run_id), timeout=_duration_option(lock_timeout, "--lock-timeout"))
+        try:
+            journal = Journal.reopen(rundir.journal, run_id=rundir.run_id, plan_digest=digest)
+            if journal.recovered is not None and journal.recovered.torn is not None:
+                terminal.error(
+                    f"warning: the journal's last line was torn and was set aside in {rundir.journal}.broken"
+                )
+            display = PlainDisplay(terminal.out)
+            bus = Bus(JournalSink(journal), [display], Redactor(schedule.secret_values))
+            engine = Engine(schedule, bus)
+            events = [r.event for r in (journal.recovered.records if journal.recovered else reading.records)]
+            try:
+                with _signals(lambda name: display.note(engine.interrupt(name))):
+                    try:
+                        result = recover_run(engine, events, operator=engine.operator)
+                    finally:
+                        engine.close()
+            except JournalError as exc:
+                result = RunResult(Outcome.JOURNAL_FAILED, journal_error=str(exc))
+            finally:
+                journal.close()
+        finally:
+            lock.release()
+    except RolloutError as exc:
+        fail(exc)
+    _write_report(rundir)
+    _print_result(result, rundir, schedule)
+    raise typer.Exit(int(result.exit_status))
+
+
+def _run_summary(rundir: RunDir) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "run": rundir.run_id,
+        "plan": None,
+        "env": None,
+        "start": None,
+        "duration": None,
+        "outcome": "unknown",
+    }
+    try:
+        reading = read_journal(rundir.journal)
+    except (RolloutError, OSError) as exc:
+        entry["outcome"] = f"damaged ({exc})"
+        return entry
+    if not reading.records:
+        return entry
+    first, last = reading.records[0], reading.records[-1]
+    entry.update(plan=first.data.get("plan"), env=first.data.get("environment"), start=first.ts)
+    entry["duration"] = round(last.mono - first.mono, 3)
+    end = next((r for r in reversed(reading.records) if r.kind == "run.end"), None)
+    entry["outcome"] = end.outcome if end else "in progress or died (see `rollout recover`)"
+    return entry
+
+
+@app.command(epilog="Examples:\n\n  rollout runs\n\n  rollout runs --json")
+def runs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the history as JSON.")] = False,
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """History of runs: id, plan, environment, start, duration, outcome."""
+    entries = [_run_summary(r) for r in list_runs(state_dir(state_dir_opt))]
+    if as_json:
+        terminal.print(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        terminal.print("no runs yet")
+        return
+    terminal.print(f"{'RUN':<26} {'PLAN':<28} {'ENV':<12} {'START (UTC)':<24} {'DURATION':>9}  OUTCOME")
+    for e in entries:
+        duration = format_duration(e["duration"]) if isinstance(e["duration"], int | float) else "-"
+        terminal.print(
+            f"{e['run']:<26} {str(e['plan']):<28} {str(e['env']):<12} {str(e['start']):<24} {duration:>9}  {e['outcome']}"
+        )
+
+
+def _timeline_line(record: Any) -> str:
+    from rollout.report.timeline import describe_event  # noqa: PLC0415
+
+    ts = str(record.ts).replace("T", " ").replace("Z", "")
+    return f"{ts}  {describe_event(record.event)}"
+
+
+@app.command(epilog="Examples:\n\n  rollout timeline last\n\n  rollout timeline 20261123T223012Z --follow")
+def timeline(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN", help="The run id (or a unique prefix, or 'last').", show_default=False)
+    ],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing events as the run goes on, until it ends.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """The journal as a readable timeline in UTC with milliseconds."""
+    try:
+        rundir = find_run(state_dir(state_dir_opt), run_id)
+        shown = 0
+        while True:
+            reading = read_journal(rundir.journal)
+            for record in reading.records[shown:]:
+                terminal.print(json.dumps(record.to_dict()) if as_json else _timeline_line(record))
+            shown = len(reading.records)
+            ended = any(r.kind == "run.end" for r in reading.records)
+            if not follow or ended:
+                break
+            time.sleep(0.2)
+        if reading.torn is not None:
+            terminal.error(
+                f"warning: the last line of {rundir.journal} is torn (the writer died mid-line); it was not shown"
+            )
+    except RolloutError as exc:
+        fail(exc)
+
+
+@app.command(epilog="Examples:\n\n  rollout verify last\n\n  rollout verify 20261123T223012Z-3f9a2c --json")
+def verify(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN", help="The run id (or a unique prefix, or 'last').", show_default=False)
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verification as JSON.")] = False,
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """Recompute the journal's hash chain and the plan digest (exit 0 intact, 5 damaged)."""
+    try:
+        rundir = find_run(state_dir(state_dir_opt), run_id)
+        recorded = (
+            (rundir.path / "plan.sha256").read_text("utf-8").strip() if (rundir.path / "plan.sha256").exists() else None
+        )
+    except (RolloutError, OSError) as exc:
+        fail(exc if isinstance(exc, RolloutError) else UsageError(str(exc)))
+    result = verify_journal(rundir.journal, plan_digest=recorded)
+    plan_ok = _plan_copy_matches(rundir, recorded)
+    ok = result.ok and plan_ok is not False
+    if as_json:
+        terminal.print(
+            json.dumps(
+                {
+                    "run": rundir.run_id,
+                    "ok": ok,
+                    "records": result.records,
+                    "head": result.head,
+                    "complete": result.complete,
+                    "first_bad_line": result.first_bad_line,
+                    "reason": result.reason,
+                    "plan_digest": result.plan_digest,
+                    "plan_copy_matches": plan_ok,
+                },
+                indent=2,
+            )
+        )
+    elif ok:
+        terminal.print(f"intact: {result.records} events, head {result.head}")
+        terminal.print(f"  plan digest {result.plan_digest}" + ("" if plan_ok is None else ", plan copy matches"))
+        if not result.complete:
+            terminal.print("  note: the journal has no run.end: the run is in progress or died (see `rollout recover`)")
+    else:
+        where = f"line {result.first_bad_line}: " if result.first_bad_line else ""
+        terminal.print(f"DAMAGED: {where}{result.reason or 'the stored plan no longer matches its digest'}")
+    raise typer.Exit(int(ExitStatus.SUCCESS if ok else ExitStatus.JOURNAL))
+
+
+def _plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
+    """Re-load the stored plan copy and compare its digest (None when there is no copy)."""
+    copy = rundir.path / "plan"
+    if recorded is None or not copy.is_dir():
+        return None
+    try:
+        meta = rundir.meta()
+        main = Path(str(meta.get("plan_file", "")))
+        candidates = sorted(copy.rglob(main.name)) if main.name else []
+        if not candidates:
+            return None
+        return load_plan(candidates[0]).digest == recorded
+    except RolloutError:
+        return False

@@ -1,0 +1,175 @@
+"""Continuous guards: every guard probed on every host, tripping an abort on failure.
+
+One thread per (host, guard): probes are blocking I/O with their own timeouts, and a
+slow host must not delay another host's detection. States are journaled on change only
+(green -> failing -> tripped -> green), with the probe's values.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from rollout.checks import Verdict
+from rollout.engine.events import Bus
+from rollout.engine.probe import CheckRunner
+from rollout.errors import JournalError
+from rollout.executors.base import Executor
+from rollout.model import Event, EventKind, Guard
+
+GREEN = "green"
+FAILING = "failing"
+TRIPPED = "tripped"
+
+
+@dataclass
+class GuardState:
+    """What one guard on one host has seen so far."""
+
+    host: str
+    guard: Guard
+    state: str = GREEN
+    consecutive: int = 0
+    probes: int = 0
+    last: Verdict | None = None
+    last_started: float = 0.0
+
+
+TripHandler = Callable[[str, Guard, Verdict, int], None]
+
+
+class GuardMonitor:
+    """Runs every guard on every host until stopped; calls `on_trip` once per trip."""
+
+    def __init__(
+        self,
+        guards: Mapping[str, tuple[Guard, ...]],
+        executors: Callable[[str], Executor],
+        runner: CheckRunner,
+        bus: Bus,
+        on_trip: TripHandler,
+        on_fatal: Callable[[JournalError], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._executors = executors
+        self._runner = runner
+        self._bus = bus
+        self._on_trip = on_trip
+        self._on_fatal = on_fatal
+        self._clock = clock
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self.states = {(host, i): GuardState(host, g) for host, gs in guards.items() for i, g in enumerate(gs)}
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def running(self) -> bool:
+        """True while probing threads are alive."""
+        return bool(self._threads) and not self._stop.is_set()
+
+    @property
+    def empty(self) -> bool:
+        """True when the plan has no guards."""
+        return not self.states
+
+    def start(self) -> None:
+        """Start one probing thread per host and guard."""
+        self._stop.clear()
+        if self.states:
+            self._bus.emit(
+                Event(
+                    EventKind.GUARDS_START,
+                    data={
+                        "guards": sorted({s.guard.label for s in self.states.values()}),
+                        "hosts": len(self.states),
+                    },
+                )
+            )
+        for key, state in self.states.items():
+            thread = threading.Thread(target=self._loop, args=(state,), name=f"guard-{key[0]}-{key[1]}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop probing and wait for the threads (each finishes its probe in flight)."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+
+    def _loop(self, state: GuardState) -> None:
+        guard = state.guard
+        while not self._stop.is_set():
+            started = self._clock()
+            verdict = self._runner.once(guard, self._executors(state.host))
+            if self._stop.is_set():
+                return
+            try:
+                self._record(state, verdict, started)
+            except JournalError as exc:
+                self._on_fatal(exc)
+                return
+            self._stop.wait(max(0.0, guard.every - (self._clock() - started)))
+
+    def _record(self, state: GuardState, verdict: Verdict, started: float) -> None:
+        guard = state.guard
+        before = state.state
+        tripped_now = False
+        with self._changed:
+            state.probes += 1
+            state.last = verdict
+            state.last_started = started
+            if verdict.ok:
+                state.consecutive = 0
+                state.state = GREEN
+            else:
+                state.consecutive += 1
+                if state.state == GREEN:
+                    state.state = FAILING
+                if state.consecutive >= guard.fail_after and state.state != TRIPPED:
+                    state.state = TRIPPED
+                    tripped_now = True
+            self._changed.notify_all()
+        if state.state != before or tripped_now:
+            self._bus.emit(
+                Event(
+                    EventKind.GUARD_STATE,
+                    host=state.host,
+                    outcome=state.state,
+                    data={
+                        "guard": guard.label,
+                        "from": before,
+                        "consecutive_failures": state.consecutive,
+                        "fail_after": guard.fail_after,
+                        "summary": verdict.summary,
+                        "probe": dict(verdict.observed),
+                    },
+                ),
+                sync=tripped_now,
+            )
+        if tripped_now:
+            self._on_trip(state.host, guard, verdict, state.consecutive)
+
+    def failing(self) -> list[GuardState]:
+        """Guards whose last probe failed."""
+        return [s for s in self.states.values() if s.state != GREEN]
+
+    def wait_all_green(self, timeout: float) -> bool:
+        """Wait until every guard on every host passes a probe started from now on."""
+        if not self.states:
+            return True
+        since = self._clock()
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                fresh_green = all(s.last_started >= since and s.state == GREEN for s in self.states.values())
+                if fresh_green:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return False
+                self._changed.wait(min(remaining, 0.5))

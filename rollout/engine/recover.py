@@ -1,0 +1,113 @@
+"""Recover: rebuild what a dead run left applied from its journal, then roll it back.
+
+A step whose intent is journaled but whose outcome is not is *in doubt*: its verify
+decides whether it applied, and the verdict is journaled. Either way it is rolled back,
+as the live engine rolls back a step that failed after it started: rollback commands
+must be safe to run on a step that did not complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rollout.engine.apply import AppliedStep, Cause, Engine, RunResult
+from rollout.engine.prepare import Schedule
+from rollout.model import Event, EventKind, Outcome
+
+
+@dataclass(frozen=True)
+class JournalState:
+    """What the journal says is still applied, host by host, oldest first."""
+
+    applied: dict[str, list[AppliedStep]]
+    finished: str | None  # the run.end outcome, if the run ended
+
+
+def state_from_events(events: Sequence[Event], schedule: Schedule) -> JournalState:
+    """Replay the journal: which steps started and were not rolled back."""
+    stacks: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
+    index: dict[tuple[str, str], AppliedStep] = {}
+    finished: str | None = None
+    for event in events:
+        if event.kind == EventKind.RUN_END:
+            finished = event.outcome
+            continue
+        if event.host is None or event.step is None or event.host not in schedule.hosts:
+            continue
+        key = (event.host, event.step)
+        if event.kind == EventKind.STEP_INTENT:
+            item = index.get(key)
+            if item is None or item.state == "rolled_back":
+                step = next((s for s in schedule.hosts[event.host].steps if s.name == event.step), None)
+                if step is None:
+                    continue
+                item = AppliedStep(event.host, event.wave, schedule.hosts[event.host].steps.index(step), step)
+                index[key] = item
+                if item not in stacks[event.host]:
+                    stacks[event.host].append(item)
+            item.state = "in_doubt"
+        elif event.kind == EventKind.STEP_RESULT and key in index:
+            index[key].state = "applied" if event.outcome == "ok" else "failed"
+        elif event.kind == EventKind.ROLLBACK_INTENT and key in index:
+            index[key].state = "rollback_in_doubt"
+        elif event.kind == EventKind.ROLLBACK_RESULT and key in index:
+            if event.outcome == "ok":
+                index[key].state = "rolled_back"
+            elif event.outcome != "skipped":
+                index[key].state = "applied"
+    live = {h: [a for a in stack if a.state != "rolled_back"] for h, stack in stacks.items()}
+    return JournalState(applied={h: v for h, v in live.items() if v}, finished=finished)
+
+
+def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> RunResult:
+    """Settle in-doubt steps with their verify, then roll back everything still applied."""
+    schedule = engine.schedule
+    state = state_from_events(events, schedule)
+    engine._emit(  # noqa: SLF001 - recovery is part of the engine
+        Event(
+            EventKind.RECOVER_START,
+            data={
+                "run_id": schedule.run_id,
+                "operator": operator,
+                "applied": {h: [f"{a.step.name} ({a.state})" for a in v] for h, v in state.applied.items()},
+            },
+        ),
+        sync=True,
+    )
+    for host, stack in state.applied.items():
+        for item in stack:
+            if item.state not in ("in_doubt", "rollback_in_doubt"):
+                continue
+            if item.state == "rollback_in_doubt":
+                summary = "its rollback started but never finished: running the rollback again"
+                outcome = "rollback_in_doubt"
+            elif not item.step.verify:
+                summary = "started but never finished, and it has no verify: treated as applied"
+                outcome = "assumed_applied"
+            else:
+                verdicts = [engine.runner.run(check, engine.executor(host)) for check in item.step.verify]
+                if all(v.ok for v in verdicts):
+                    summary = "started but never finished; its verify passes: it applied"
+                    outcome = "applied"
+                else:
+                    failed = next(v for v in verdicts if not v.ok)
+                    summary = f"started but never finished; verify fails ({failed.summary}): it may be partly applied"
+                    outcome = "partly_applied"
+            engine._emit(  # noqa: SLF001
+                Event(
+                    EventKind.IN_DOUBT,
+                    wave=item.wave,
+                    host=host,
+                    step=item.step.name,
+                    outcome=outcome,
+                    data={"summary": summary},
+                ),
+                sync=True,
+            )
+            item.state = "applied"
+    cause = Cause("recover", "the orchestrator died before the run ended; rolling back what it applied")
+    result = engine.roll_back(cause, interrupted=False, applied=state.applied)
+    if result.outcome == Outcome.ROLLED_BACK and not state.applied:
+        return RunResult(Outcome.ROLLED_BACK, cause=cause, guards_green=result.guards_green)
+    return result

@@ -1,0 +1,1 @@
+"""Events -> words and pictures: timeline lines, the incident report, status payloads."""

@@ -1,0 +1,127 @@
+"""Run directories under the state directory: `runs/RUN/` with the plan, journal and report.
+
+Creates them owner-only (0700 directories, 0600 files) because journals hold command
+output. Never deletes anything: evidence is kept until an operator removes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rollout.errors import JournalError, UsageError
+
+RUNS = "runs"
+JOURNAL = "journal.jsonl"
+META = "run.json"
+PLAN_COPY = "plan"
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """An id that sorts by start time: 20261123T223012Z-3f9a2c."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's directory."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        """The run id (the directory name)."""
+        return self.path.name
+
+    @property
+    def journal(self) -> Path:
+        """The journal file."""
+        return self.path / JOURNAL
+
+    @property
+    def report(self) -> Path:
+        """The Markdown report written at the end of the run."""
+        return self.path / "report.md"
+
+    def meta(self) -> dict[str, Any]:
+        """What the run was started with (plan path, environment, variables)."""
+        try:
+            data = json.loads((self.path / META).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"{self.path / META}: cannot read the run's metadata: {exc}") from exc
+        if not isinstance(data, dict):
+            raise JournalError(f"{self.path / META}: not a JSON object")
+        return data
+
+
+def create_run_dir(
+    state_dir: Path, run_id: str, *, files: dict[str, bytes], digest: str, meta: dict[str, Any]
+) -> RunDir:
+    """Create runs/RUN with the exact plan bytes, the digest and the run's metadata."""
+    runs = state_dir / RUNS
+    try:
+        runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = runs / run_id
+        path.mkdir(mode=0o700)
+        copy = path / PLAN_COPY
+        copy.mkdir(mode=0o700)
+        for rel, data in files.items():
+            target = copy / rel
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_private(target, data)
+        _write_private(path / "plan.sha256", f"{digest}\n".encode())
+        _write_private(path / META, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
+        _fsync_dir(path)
+        _fsync_dir(runs)
+    except OSError as exc:
+        raise JournalError(f"cannot create the run directory under {runs}: {exc.strerror or exc}") from exc
+    return RunDir(path)
+
+
+def find_run(state_dir: Path, run: str) -> RunDir:
+    """A run by id, unique prefix, or `last`."""
+    runs = state_dir / RUNS
+    candidates = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    if run == "last":
+        if not candidates:
+            raise UsageError(f"no runs under {runs}")
+        return RunDir(runs / candidates[-1])
+    if run in candidates:
+        return RunDir(runs / run)
+    matches = [c for c in candidates if c.startswith(run)]
+    if len(matches) == 1:
+        return RunDir(runs / matches[0])
+    if not matches:
+        raise UsageError(f"no run '{run}' under {runs} (see `rollout runs`)")
+    raise UsageError(f"'{run}' matches several runs: {', '.join(matches[:5])}")
+
+
+def list_runs(state_dir: Path) -> list[RunDir]:
+    """Every run directory, oldest first."""
+    runs = state_dir / RUNS
+    if not runs.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(runs.iterdir()) if p.is_dir()]
