@@ -1,22 +1,29 @@
-"""`rollout validate`, `rollout plan` and `rollout schema`: nothing here changes a target."""
+"""`rollout validate`, `rollout plan` and `rollout schema`: nothing here changes a target.
+
+The plan model, loader and scheduler are imported inside the commands that use them:
+building the pydantic models is most of start-up, and `rollout --help` needs none of it.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from rollout.cli.app import VarOption, app, fail, parse_vars, terminal
 from rollout.cli.junit import Case, write_junit
-from rollout.engine.prepare import Schedule, prepare_schedule, validate_environments
 from rollout.errors import ExitStatus, PlanError, RolloutError
-from rollout.model import Check, format_duration
-from rollout.planfile import PlanInvalid, load_plan, plan_json_schema
+
+if TYPE_CHECKING:
+    from rollout.engine.prepare import Schedule
+    from rollout.model import Check
 
 
 def _problems(exc: PlanError) -> list[PlanError]:
+    from rollout.planfile import PlanInvalid  # noqa: PLC0415
+
     return list(exc.problems) if isinstance(exc, PlanInvalid) else [exc]
 
 
@@ -41,6 +48,9 @@ def validate(
     var: VarOption = None,
 ) -> None:
     """Lint and type-check plans: every environment of every plan (exit 0 valid, 2 not)."""
+    from rollout.engine.prepare import validate_environments  # noqa: PLC0415
+    from rollout.planfile import load_plan  # noqa: PLC0415
+
     overrides = parse_vars(var)
     results: list[dict[str, Any]] = []
     cases: list[Case] = []
@@ -143,6 +153,8 @@ def describe_check(check: Check) -> str:
 
 def schedule_as_dict(schedule: Schedule) -> dict[str, Any]:
     """The schedule as data (for --json and for the run directory)."""
+    from rollout.model import format_duration  # noqa: PLC0415
+
     plan = schedule.loaded.plan
     strategy = plan.strategy
     return {
@@ -212,6 +224,9 @@ def plan_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
 ) -> None:
     """Dry run: the exact schedule a run would execute, rendered per host; changes nothing."""
+    from rollout.engine.prepare import prepare_schedule  # noqa: PLC0415
+    from rollout.planfile import load_plan  # noqa: PLC0415
+
     try:
         loaded = load_plan(plan)
         # secrets need not be set for a dry run: they are shown as *** anyway
@@ -278,4 +293,6 @@ def plan_command(
 @app.command(epilog="Example:\n\n  rollout schema > plan.schema.json")
 def schema() -> None:
     """Print the plan JSON Schema (for editors with yaml-language-server, and CI)."""
+    from rollout.planfile import plan_json_schema  # noqa: PLC0415
+
     terminal.print(json.dumps(plan_json_schema(), indent=2))
