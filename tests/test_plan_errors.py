@@ -229,12 +229,8 @@ CASES: dict[str, BadPlan] = {
         path="guards[0]",
     ),
     "check of two kinds": BadPlan(
-        files={
-            "plan.yaml": GOOD + "prechecks:\n  - command: 'true'\n    http: { url: 'http://x/' }\n"
-        },
-        expected=(
-            "a check needs exactly one of command, http, tcp, metadata (found command, http)",
-        ),
+        files={"plan.yaml": GOOD + "prechecks:\n  - command: 'true'\n    http: { url: 'http://x/' }\n"},
+        expected=("a check needs exactly one of command, http, tcp, metadata (found command, http)",),
         location="plan.yaml:11:5",
         path="prechecks[0]",
     ),
@@ -337,9 +333,7 @@ def test_recursive_alias_is_refused(tmp_path: Path) -> None:
     assert f"{plan}:1:" in caught.value.render()
 
 
-def test_one_bad_plan_does_not_hide_the_good_ones(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_one_bad_plan_does_not_hide_the_good_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
@@ -366,9 +360,7 @@ def test_several_problems_are_all_reported_with_their_own_locations(tmp_path: Pa
     assert f"{plan}:11:5: error at steps[0].retries" in text
 
 
-def test_a_missing_file_is_an_invalid_plan_not_a_crash(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_missing_file_is_an_invalid_plan_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope.yaml"
 
     code = run_cli(["validate", str(missing)])
@@ -378,9 +370,7 @@ def test_a_missing_file_is_an_invalid_plan_not_a_crash(
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
-def test_an_unreadable_file_is_reported_by_name(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_unreadable_file_is_reported_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text(GOOD)
     plan.chmod(0)

@@ -232,10 +232,7 @@ SCALARS = (
 )
 YAMLISH: st.SearchStrategy[Any] = st.recursive(
     SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(PLAN_WORDS | st.text(max_size=8), inner, max_size=5)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(PLAN_WORDS | st.text(max_size=8), inner, max_size=5),
     max_leaves=30,
 )
 

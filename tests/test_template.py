@@ -41,9 +41,7 @@ def _plan(tmp_path: Path, text: str = PLAN) -> LoadedPlan:
 
 
 def _sh(command: str) -> str:
-    done = subprocess.run(
-        ["/bin/sh", "-c", command], capture_output=True, text=True, timeout=10, check=True
-    )
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=10, check=True)
     return done.stdout
 
 
@@ -75,9 +73,7 @@ def test_a_hostile_var_override_runs_literally_in_a_rendered_step(tmp_path: Path
 
 
 def test_raw_values_are_not_quoted() -> None:
-    command = render(
-        "ls {{ flags | raw }} {{ path }}", {"flags": "-l -a", "path": "a b"}, shell=True
-    )
+    command = render("ls {{ flags | raw }} {{ path }}", {"flags": "-l -a", "path": "a b"}, shell=True)
 
     assert command == "ls -l -a 'a b'"
 
@@ -105,9 +101,7 @@ def test_host_vars_beat_environment_vars_which_beat_plan_vars(tmp_path: Path) ->
 
 
 def test_plan_vars_apply_where_nothing_overrides_them(tmp_path: Path) -> None:
-    text = PLAN.replace("    vars: { layer: environment }\n", "").replace(
-        ", vars: { layer: host }", ""
-    )
+    text = PLAN.replace("    vars: { layer: environment }\n", "").replace(", vars: { layer: host }", "")
 
     schedule = prepare_schedule(_plan(tmp_path, text), "demo")
 
