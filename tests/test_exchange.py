@@ -147,25 +147,17 @@ class Break(NamedTuple):
 
 
 BROKEN = [
-    Break(
-        "v2-renamed-field.json", "KeyError: 'tick_size'", "BTC-USD", 500, "KeyError: 'tick_size'"
-    ),
+    Break("v2-renamed-field.json", "KeyError: 'tick_size'", "BTC-USD", 500, "KeyError: 'tick_size'"),
     Break("v2-duplicate-symbol.json", "BTC-USD place: 409", "BTC-USD", 409, "halted"),
     Break("v2-dangling-reference.json", "500 KeyError", "ETH-USD", 500, "KeyError: 'ETH-USD'"),
-    Break(
-        "v2-zero-tick.json", "BTC-USD place: 500 ZeroDivisionError", "BTC-USD", 500, "ZeroDivision"
-    ),
+    Break("v2-zero-tick.json", "BTC-USD place: 500 ZeroDivisionError", "BTC-USD", 500, "ZeroDivision"),
     Break("v2-half-removed.json", "ETH-USD place: 404", "ETH-USD", 404, "unknown symbol"),
-    Break(
-        "v2-runtime-break.json", "ETH-USD place: 500 ZeroDivision", "ETH-USD", 500, "ZeroDivision"
-    ),
+    Break("v2-runtime-break.json", "ETH-USD place: 500 ZeroDivision", "ETH-USD", 500, "ZeroDivision"),
 ]
 
 
 @pytest.mark.parametrize("case", BROKEN, ids=[b.variant for b in BROKEN])
-def test_broken_metadata_turns_the_probe_red_and_fails_orders_without_crashing(
-    gw: GatewayInfo, case: Break
-) -> None:
+def test_broken_metadata_turns_the_probe_red_and_fails_orders_without_crashing(gw: GatewayInfo, case: Break) -> None:
     install(gw, case.variant)
     http(gw.port, "POST", "/reload")
     probe_status, probe = http(gw.port, "GET", "/probe")
@@ -202,9 +194,7 @@ def test_sighup_reloads_the_live_file(gw: GatewayInfo) -> None:
 
 
 def run_ctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(CTL), *args], capture_output=True, text=True, timeout=10, check=False
-    )
+    return subprocess.run([sys.executable, str(CTL), *args], capture_output=True, text=True, timeout=10, check=False)
 
 
 def test_ctl_probe_exit_code_follows_the_probe(gw: GatewayInfo) -> None:

@@ -99,20 +99,14 @@ def _is_gateway(pid: int) -> bool:
 def _wait_for_port(portfile: Path, proc: subprocess.Popen[bytes], deadline: float) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"gateway exited with {proc.returncode}; see {portfile.parent}/gateway.log"
-            )
+            raise RuntimeError(f"gateway exited with {proc.returncode}; see {portfile.parent}/gateway.log")
         with contextlib.suppress(OSError, ValueError):
             return int(portfile.read_text())
         time.sleep(0.02)
-    raise TimeoutError(
-        f"gateway did not bind within {START_TIMEOUT}s; see {portfile.parent}/gateway.log"
-    )
+    raise TimeoutError(f"gateway did not bind within {START_TIMEOUT}s; see {portfile.parent}/gateway.log")
 
 
-def start_fleet(
-    root: Path, count: int, base_port: int, metadata: Path = DEFAULT_METADATA
-) -> list[GatewayInfo]:
+def start_fleet(root: Path, count: int, base_port: int, metadata: Path = DEFAULT_METADATA) -> list[GatewayInfo]:
     """Start `count` gateways serving a copy of `metadata`; base_port 0 picks free ports."""
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)

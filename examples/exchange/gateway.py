@@ -108,9 +108,7 @@ class Exchange:
         scale = Decimal(10) ** precision
         price_units = price * scale
         if price_units != price_units.to_integral_value():
-            raise Rejected(
-                HTTPStatus.BAD_REQUEST, f"price {price} has more than {precision} decimals"
-            )
+            raise Rejected(HTTPStatus.BAD_REQUEST, f"price {price} has more than {precision} decimals")
         tick_units = int(Decimal(str(instrument["tick_size"])) * scale)
         if int(price_units) % tick_units:
             raise Rejected(
@@ -186,9 +184,7 @@ class Exchange:
                 instrument = self.instruments.get(symbol) or {}
                 lot = Decimal(str(instrument.get("lot_size", 1)))
                 price = PROBE_PRICES[symbol]
-                order = self.place(
-                    {"symbol": symbol, "side": "buy", "price": str(price), "qty": str(lot * 10)}
-                )
+                order = self.place({"symbol": symbol, "side": "buy", "price": str(price), "qty": str(lot * 10)})
                 step = "amend"
                 self.amend(order["id"], {"price": str(price - 1), "qty": str(lot * 20)})
                 step = "cancel"
@@ -267,19 +263,9 @@ class Handler(BaseHTTPRequestHandler):
                 )
             elif method == "POST" and parts == ["orders"]:
                 self._send(201, ex.place(self._body()))
-            elif (
-                method == "POST"
-                and len(parts) == 3
-                and parts[0] == "orders"
-                and parts[2] == "amend"
-            ):
+            elif method == "POST" and len(parts) == 3 and parts[0] == "orders" and parts[2] == "amend":
                 self._send(200, ex.amend(parts[1], self._body()))
-            elif (
-                method == "POST"
-                and len(parts) == 3
-                and parts[0] == "orders"
-                and parts[2] == "cancel"
-            ):
+            elif method == "POST" and len(parts) == 3 and parts[0] == "orders" and parts[2] == "cancel":
                 self._send(200, ex.cancel(parts[1]))
             else:
                 self._send(404, {"error": f"no route for {method} {self.path}"})
@@ -295,9 +281,7 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
-def serve(
-    port: int, metadata: Path, pidfile: Path | None, portfile: Path | None, verbose: bool
-) -> int:
+def serve(port: int, metadata: Path, pidfile: Path | None, portfile: Path | None, verbose: bool) -> int:
     """Run until SIGTERM or SIGINT."""
     exchange = Exchange(metadata)
     error = exchange.reload()

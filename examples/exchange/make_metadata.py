@@ -114,14 +114,9 @@ def instrument(ident: int, base: str, quote: str, spec: tuple[float, float, int]
 
 def markets_for(instruments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A spot market per instrument, plus margin markets for the majors."""
-    spot = [
-        {"id": f"spot:{i['symbol']}", "instrument": i["symbol"], "type": "spot"}
-        for i in instruments
-    ]
+    spot = [{"id": f"spot:{i['symbol']}", "instrument": i["symbol"], "type": "spot"} for i in instruments]
     symbols = {i["symbol"] for i in instruments}
-    margin = [
-        {"id": f"margin:{s}", "instrument": s, "type": "margin"} for s in MARGIN if s in symbols
-    ]
+    margin = [{"id": f"margin:{s}", "instrument": s, "type": "margin"} for s in MARGIN if s in symbols]
     return spot + margin
 
 
@@ -152,8 +147,7 @@ def renamed_field(v2: dict[str, Any]) -> dict[str, Any]:
     """A serializer change: every instrument's tick_size is now tickSize."""
     doc = copy.deepcopy(v2)
     doc["instruments"] = [
-        {("tickSize" if k == "tick_size" else k): v for k, v in i.items()}
-        for i in doc["instruments"]
+        {("tickSize" if k == "tick_size" else k): v for k, v in i.items()} for i in doc["instruments"]
     ]
     return doc
 
