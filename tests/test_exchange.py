@@ -245,3 +245,9 @@ def test_fleet_command_line_start_status_stop(tmp_path: Path) -> None:
     assert json.loads(cli("stop").stdout) == {"stopped": ["gw-1"]}
     assert not pid_alive(gw1["pid"])
     assert cli("status").returncode == 1
+
+
+def test_committed_metadata_files_match_their_generator() -> None:
+    from examples.exchange import make_metadata
+
+    assert make_metadata.main(["--check"]) == 0
