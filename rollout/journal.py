@@ -259,13 +259,7 @@ def _record_from_object(obj: dict[str, Any], raw: bytes, line_no: int) -> Record
     if keys != JOURNAL_KEYS:
         missing = [k for k in JOURNAL_KEYS if k not in obj]
         extra = [k for k in keys if k not in JOURNAL_KEYS]
-        what = (
-            f"missing {missing}"
-            if missing
-            else f"unexpected {extra}"
-            if extra
-            else "keys out of order"
-        )
+        what = f"missing {missing}" if missing else f"unexpected {extra}" if extra else "keys out of order"
         raise JournalCorrupt(f"wrong key set: {what}", line=line_no)
     seq, ts, mono, prev = obj["seq"], obj["ts"], obj["mono"], obj["prev"]
     problem = _event_type_problem(obj)
@@ -305,9 +299,7 @@ def _run_identity(record: Record) -> tuple[str, str]:
     return run_id, plan_digest
 
 
-def read_journal(
-    path: Path | str, *, expect_genesis: str | None = None, repair: bool = False
-) -> JournalReading:
+def read_journal(path: Path | str, *, expect_genesis: str | None = None, repair: bool = False) -> JournalReading:
     """Read and verify a journal; a torn last line is reported (and set aside when repair)."""
     path = Path(path)
     try:
@@ -357,8 +349,7 @@ def read_journal(
                 )
         elif record.prev != prev_hash:
             raise JournalCorrupt(
-                f"prev does not match the hash of line {line_no - 1} "
-                "(edited, removed or reordered line)",
+                f"prev does not match the hash of line {line_no - 1} (edited, removed or reordered line)",
                 line=line_no,
             )
         records.append(record)
@@ -413,9 +404,7 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
         raise JournalError(f"cannot set aside the torn last line of {path}: {exc}") from exc
 
 
-def verify_journal(
-    path: Path | str, *, plan_digest: str | None = None, expect_head: str | None = None
-) -> Verification:
+def verify_journal(path: Path | str, *, plan_digest: str | None = None, expect_head: str | None = None) -> Verification:
     """Recompute the hash chain from the genesis and say whether the journal can be trusted."""
     try:
         reading = read_journal(path)
@@ -458,8 +447,7 @@ def verify_journal(
         return verdict(
             False,
             None,
-            f"plan digest differs: the journal was written for {reading.plan_digest}, "
-            f"expected {plan_digest}",
+            f"plan digest differs: the journal was written for {reading.plan_digest}, expected {plan_digest}",
         )
     if expect_head is not None and expect_head != reading.head:
         earlier = next((r.line_no for r in records if r.hash == expect_head), None)
@@ -547,9 +535,7 @@ class Journal:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
             fd = os.open(path, flags, 0o600)
         except FileExistsError as exc:
-            raise JournalError(
-                f"journal {path} already exists; a run's journal is only continued by recover"
-            ) from exc
+            raise JournalError(f"journal {path} already exists; a run's journal is only continued by recover") from exc
         except OSError as exc:
             raise JournalError(f"cannot create journal {path}: {exc}") from exc
         try:
@@ -662,9 +648,7 @@ class Journal:
             except OSError as exc:
                 raise self._fail(f"cannot write journal line {seq}: {exc}") from exc
             if written != len(payload) + 1:
-                raise self._fail(
-                    f"short write of journal line {seq} ({written} of {len(payload) + 1} bytes)"
-                )
+                raise self._fail(f"short write of journal line {seq} ({written} of {len(payload) + 1} bytes)")
             prev, self._seq, self._head, self._mono_last = self._head, seq, digest, mono
         if sync:
             self._sync_through(seq)
@@ -781,10 +765,7 @@ class LockHolder:
             hours, minutes = divmod(minutes, 60)
             took = f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
             held = f", held for {took}"
-        return (
-            f"run {self.run_id} by {self.user}@{self.host} (pid {self.pid}) "
-            f"since {self.started}{held}"
-        )
+        return f"run {self.run_id} by {self.user}@{self.host} (pid {self.pid}) since {self.started}{held}"
 
 
 def _lock_path(state_dir: Path | str, env: str) -> Path:

@@ -42,9 +42,7 @@ def parse_duration(value: object) -> float:
         raise ValueError("expected a duration such as 500ms, 10s or 5m")
     text = value.strip()
     if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(
-            f"{value!r} is not a duration: use a number with ms, s, m or h (e.g. 500ms, 10s, 5m)"
-        )
+        raise ValueError(f"{value!r} is not a duration: use a number with ms, s, m or h (e.g. 500ms, 10s, 5m)")
     return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
@@ -104,9 +102,7 @@ def parse_percent(value: object) -> Percent:
         raise ValueError(f"expected a percentage such as 25%, got {value!r}")
     number = float(m.group(1))
     if not 0 < number <= 100:
-        raise ValueError(
-            f"percentage {value!r} is out of range: it must be above 0% and at most 100%"
-        )
+        raise ValueError(f"percentage {value!r} is out of range: it must be above 0% and at most 100%")
     return Percent(number)
 
 
@@ -147,9 +143,7 @@ def _parse_wave(value: object) -> int | Percent | str:
             return parse_percent(value)
         if re.fullmatch(r"[A-Za-z_][\w.-]*", value):
             return value
-    raise ValueError(
-        f"a wave is a host count (1), a percentage (25%) or a group name, got {value!r}"
-    )
+    raise ValueError(f"a wave is a host count (1), a percentage (25%) or a group name, got {value!r}")
 
 
 WaveSize = Annotated[
@@ -184,9 +178,7 @@ class SecretVar(Model):
     """A variable whose value never appears in the journal, reports or notifications."""
 
     value: str | None = None
-    env: str | None = Field(
-        default=None, description="read the value from this environment variable"
-    )
+    env: str | None = Field(default=None, description="read the value from this environment variable")
     secret: bool = True
 
     @model_validator(mode="after")
@@ -256,13 +248,9 @@ class TcpCheck(Model):
 class DocumentSource(Model):
     """Where a metadata document comes from: exactly one of the four."""
 
-    file: str | None = Field(
-        default=None, description="a file on the orchestrator (relative to the plan)"
-    )
+    file: str | None = Field(default=None, description="a file on the orchestrator (relative to the plan)")
     host_file: str | None = Field(default=None, description="a file on the target host")
-    command: str | None = Field(
-        default=None, description="a command on the target host; its stdout"
-    )
+    command: str | None = Field(default=None, description="a command on the target host; its stdout")
     url: str | None = Field(default=None, description="an HTTP(S) URL; its body")
     format: Literal["json", "yaml", "auto"] = "auto"
 
@@ -308,12 +296,8 @@ class MetadataCheck(Model):
     non_empty: list[str] = Field(default_factory=list)
     immutable: list[str] = Field(default_factory=list)
     bounds: list[Bound] = Field(default_factory=list)
-    baseline: DocumentSource | None = Field(
-        default=None, description="compare against this document"
-    )
-    key: str | None = Field(
-        default=None, description="key path of records, e.g. instruments[].symbol"
-    )
+    baseline: DocumentSource | None = Field(default=None, description="compare against this document")
+    key: str | None = Field(default=None, description="key path of records, e.g. instruments[].symbol")
     max_changed: CountOrPercent | None = None
     allow_added: bool = True
     allow_removed: bool = False
@@ -335,9 +319,7 @@ CHECK_KINDS = ("command", "http", "tcp", "metadata")
 
 def _command_shorthand_schema(schema: dict[str, Any]) -> None:
     # `command: test -f x` is accepted as {run: ...}; the schema must accept it too.
-    schema.setdefault("anyOf", []).insert(
-        0, {"type": "string", "description": "shorthand for {run: COMMAND}"}
-    )
+    schema.setdefault("anyOf", []).insert(0, {"type": "string", "description": "shorthand for {run: COMMAND}"})
 
 
 class Check(Model):
@@ -364,9 +346,7 @@ class Check(Model):
         given = [k for k in CHECK_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             found = ", ".join(given) if given else "none"
-            raise ValueError(
-                f"a check needs exactly one of {', '.join(CHECK_KINDS)} (found {found})"
-            )
+            raise ValueError(f"a check needs exactly one of {', '.join(CHECK_KINDS)} (found {found})")
         if self.timeout <= 0:
             raise ValueError("a check's timeout must be above zero")
         return self
@@ -400,9 +380,7 @@ class Guard(Check):
     @model_validator(mode="after")
     def _guard_bounds(self) -> Guard:
         if self.fail_after < 1:
-            raise ValueError(
-                "fail_after must be at least 1: a guard that can never trip guards nothing"
-            )
+            raise ValueError("fail_after must be at least 1: a guard that can never trip guards nothing")
         if self.every <= 0:
             raise ValueError("a guard's 'every' must be above zero")
         return self
@@ -417,9 +395,7 @@ class Step(Model):
     name: Name
     run: str
     verify: list[Check] = Field(default_factory=list)
-    rollback: str = Field(
-        description="the command that undoes this step, or 'none' if it is irreversible"
-    )
+    rollback: str = Field(description="the command that undoes this step, or 'none' if it is irreversible")
     timeout: Duration = 300.0
     rollback_timeout: Duration | None = None
     retries: int = Field(default=0, ge=0, le=100)
@@ -430,8 +406,7 @@ class Step(Model):
     def _rollback_required(cls, data: Any) -> Any:
         if isinstance(data, dict) and "rollback" not in data:
             raise ValueError(
-                "a step needs 'rollback': the command that undoes it, or 'rollback: none' "
-                "to mark it irreversible"
+                "a step needs 'rollback': the command that undoes it, or 'rollback: none' to mark it irreversible"
             )
         if isinstance(data, dict) and data.get("rollback") is None:
             return {**data, "rollback": "none"}
@@ -478,9 +453,7 @@ class Host(Model):
     """One target host."""
 
     address: str = "127.0.0.1"
-    port: int | None = Field(
-        default=None, ge=1, le=65535, description="ssh port (overrides ssh.port)"
-    )
+    port: int | None = Field(default=None, ge=1, le=65535, description="ssh port (overrides ssh.port)")
     user: str | None = None
     vars: Vars = Field(default_factory=dict)
     groups: list[str] = Field(default_factory=list)

@@ -93,9 +93,7 @@ def format_loc(loc: Sequence[str | int]) -> str:
     return out
 
 
-def error_at(
-    source: SourceMap, loc: Sequence[str | int], message: str, *, fallback: str
-) -> PlanError:
+def error_at(source: SourceMap, loc: Sequence[str | int], message: str, *, fallback: str) -> PlanError:
     """A PlanError located at the mark of `loc`."""
     mark = source.find(loc)
     return PlanError(
@@ -114,9 +112,7 @@ class PlanInvalid(PlanError):
         self.problems = problems
         self.total = total
         first = problems[0]
-        super().__init__(
-            first.message, file=first.file, line=first.line, column=first.column, path=first.path
-        )
+        super().__init__(first.message, file=first.file, line=first.line, column=first.column, path=first.path)
 
     def render(self) -> str:
         """Every problem on its own line, capped, with the count of the rest."""
@@ -221,9 +217,7 @@ class _Builder:
                 "(an alias bomb or a runaway anchor?); refusing to expand it",
             )
         if depth > MAX_DEPTH:
-            raise self.fail(
-                node, loc, f"nesting deeper than {MAX_DEPTH} levels (a recursive alias?)"
-            )
+            raise self.fail(node, loc, f"nesting deeper than {MAX_DEPTH} levels (a recursive alias?)")
         if node.tag not in _SAFE_TAGS:
             raise self.fail(
                 node,
@@ -293,9 +287,7 @@ class _DepthLimitedLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 where = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise yaml.composer.ComposerError(
-                    None, None, f"nesting deeper than {MAX_DEPTH} levels", where
-                )
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_DEPTH} levels", where)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -336,9 +328,7 @@ def _read_plan_text(path: Path, shown: str) -> str:
     try:
         size = path.stat().st_size
         if size > MAX_PLAN_BYTES:
-            raise PlanError(
-                f"the file is {size} bytes; plans are capped at {MAX_PLAN_BYTES} bytes", file=shown
-            )
+            raise PlanError(f"the file is {size} bytes; plans are capped at {MAX_PLAN_BYTES} bytes", file=shown)
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise PlanError("no such file", file=shown) from exc
@@ -380,9 +370,7 @@ class _Loader:
         self.documents: list[tuple[str, Any]] = []
         self.marks: dict[Loc, Mark] = {}
 
-    def load(
-        self, path: Path, shown: str, stack: tuple[Path, ...]
-    ) -> tuple[dict[str, Any], dict[Loc, Mark]]:
+    def load(self, path: Path, shown: str, stack: tuple[Path, ...]) -> tuple[dict[str, Any], dict[Loc, Mark]]:
         text = _read_plan_text(path, shown)
         rel = os.path.relpath(path.resolve(), self.root)
         self.files[rel] = text.encode("utf-8")
@@ -412,9 +400,7 @@ class _Loader:
         merged: dict[str, Any] = {}
         merged_marks: dict[Loc, Mark] = {}
         for i, entry in enumerate(includes):
-            inc_path, inc_shown = self._resolve_include(
-                entry, path, marks, (("includes", i)), shown, stack
-            )
+            inc_path, inc_shown = self._resolve_include(entry, path, marks, (("includes", i)), shown, stack)
             inc_data, inc_marks = self.load(inc_path, inc_shown, (*stack, inc_path.resolve()))
             extra = sorted(set(inc_data) - set(_INCLUDE_LISTS) - set(_INCLUDE_MAPS) - {"includes"})
             if extra:
@@ -427,9 +413,7 @@ class _Loader:
                 )
             _merge_into(merged, merged_marks, inc_data, inc_marks)
         if merged:
-            _merge_into(
-                merged, merged_marks, {k: v for k, v in data.items() if k != "includes"}, marks
-            )
+            _merge_into(merged, merged_marks, {k: v for k, v in data.items() if k != "includes"}, marks)
             for key in ("includes", "version", "name", "description", "strategy"):
                 if key in data:
                     merged[key] = data[key]
@@ -578,9 +562,7 @@ def _describe(error: Mapping[str, Any]) -> str:
         if model is not None:
             known = _known_keys(model)
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = (
-                f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
-            )
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
         return f"unknown key '{key}'{hint}"
     if msg.startswith("Value error, "):
         return msg.removeprefix("Value error, ")
@@ -598,9 +580,7 @@ def _clean_loc(loc: Sequence[Any]) -> Loc:
     """Drop pydantic's union-member and validator entries from a location."""
     out: list[str | int] = []
     for part in loc:
-        if isinstance(part, str) and (
-            "[" in part or part in {"str", "int", "float", "bool", "SecretVar"}
-        ):
+        if isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "SecretVar"}):
             continue
         if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
             continue
@@ -770,9 +750,7 @@ def host_variables(
         builtins.update(host=host_name, address=host.address)
     for name in builtins:
         if name in raw and origin[name]:
-            raise loaded.error(
-                origin[name], f"'{name}' is a built-in variable and cannot be redefined"
-            )
+            raise loaded.error(origin[name], f"'{name}' is a built-in variable and cannot be redefined")
     return Variables(
         values=_Scope(loaded, {**raw, **builtins}, origin),
         secrets=frozenset(secrets),
@@ -876,21 +854,17 @@ def _render_value(
         try:
             return render(value, variables.values, shell=shell)
         except TemplateProblem as exc:
-            raise TemplateError(
-                _where(exc, env_name, host_name), **_location(loaded, loc)
-            ) from None
+            raise TemplateError(_where(exc, env_name, host_name), **_location(loaded, loc)) from None
     if isinstance(value, BaseModel):
         return render_model(loaded, value, loc, variables, env_name=env_name, host_name=host_name)
     if isinstance(value, list):
         items = [
-            _render_value(loaded, v, (*loc, i), variables, shell, env_name, host_name)
-            for i, v in enumerate(value)
+            _render_value(loaded, v, (*loc, i), variables, shell, env_name, host_name) for i, v in enumerate(value)
         ]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
         rendered = {
-            k: _render_value(loaded, v, (*loc, k), variables, shell, env_name, host_name)
-            for k, v in value.items()
+            k: _render_value(loaded, v, (*loc, k), variables, shell, env_name, host_name) for k, v in value.items()
         }
         return value if all(rendered[k] is value[k] for k in value) else rendered
     return value
@@ -901,14 +875,10 @@ def check_templates(loaded: LoadedPlan, overrides: Mapping[str, str] | None = No
     plan = loaded.plan
     for env_name, env in plan.environments.items():
         for host_name in env.hosts:
-            variables = host_variables(
-                loaded, env_name, host_name, overrides=overrides, for_validation=True
-            )
+            variables = host_variables(loaded, env_name, host_name, overrides=overrides, for_validation=True)
             for key in ("prechecks", "guards", "steps"):
                 for i, item in enumerate(getattr(plan, key)):
-                    render_model(
-                        loaded, item, (key, i), variables, env_name=env_name, host_name=host_name
-                    )
+                    render_model(loaded, item, (key, i), variables, env_name=env_name, host_name=host_name)
         env_vars = host_variables(loaded, env_name, None, overrides=overrides, for_validation=True)
         for i, sink in enumerate(plan.notify):
             render_model(loaded, sink, ("notify", i), env_vars, env_name=env_name, host_name=None)

@@ -148,7 +148,11 @@ def evaluate_http(spec: HttpCheck, obs: HttpObservation) -> Verdict:
                 return Verdict(False, f"{path} is missing", observed)
             if actual != expected:
                 observed["body"] = excerpt(obs.body, 200)
-                return Verdict(False, f"{path} is {json.dumps(actual)}, expected {json.dumps(expected)}", observed)
+                return Verdict(
+                    False,
+                    f"{path} is {json.dumps(actual)}, expected {json.dumps(expected)}",
+                    observed,
+                )
     return Verdict(True, f"status {obs.status}", observed)
 
 

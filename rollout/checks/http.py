@@ -92,4 +92,8 @@ def tcp_probe(host: str, port: int, *, timeout: float) -> TcpObservation:
     except TimeoutError:
         return TcpObservation(False, f"timed out after {timeout:g}s", time.monotonic() - start)
     except OSError as exc:
-        return TcpObservation(False, f"cannot connect to {host}:{port}: {exc.strerror or exc}", time.monotonic() - start)
+        return TcpObservation(
+            False,
+            f"cannot connect to {host}:{port}: {exc.strerror or exc}",
+            time.monotonic() - start,
+        )

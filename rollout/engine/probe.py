@@ -135,6 +135,7 @@ class CheckRunner:
             baseline, _ = self._document(spec.baseline, executor, timeout)
         report = md.validate_document(
             doc,
+            name=name,
             schema=schema,
             invariants=md.Invariants(
                 unique=tuple(spec.unique),
@@ -158,10 +159,11 @@ class CheckRunner:
         )
         observed = {"document": name, **report.to_dict()}
         if report.ok:
-            return Verdict(True, f"{name}: valid ({report.summary()})", observed)
+            return Verdict(True, f"{name}: valid ({', '.join(report.checks)})", observed)
         first = report.shown[0] if report.shown else None
         head = f"{first.path}: {first.message}" if first else "invalid"
-        more = f" (+{report.total - 1} more)" if report.total > 1 else ""
+        total = len(report.violations)
+        more = f" (+{total - 1} more)" if total > 1 else ""
         return Verdict(False, f"{name}: {head}{more}", observed)
 
 

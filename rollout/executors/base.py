@@ -148,11 +148,7 @@ def validate_env(env: Mapping[str, str] | None) -> dict[str, str]:
     if not env:
         return {}
     for name in env:
-        if (
-            not name
-            or not (name[0].isalpha() or name[0] == "_")
-            or not all(c.isalnum() or c == "_" for c in name)
-        ):
+        if not name or not (name[0].isalpha() or name[0] == "_") or not all(c.isalnum() or c == "_" for c in name):
             raise ValueError(f"invalid environment variable name: {name!r}")
         if not name.isascii():
             raise ValueError(f"invalid environment variable name: {name!r}")

@@ -222,9 +222,7 @@ class LocalExecutor:
             with open(path, "rb") as handle:
                 data = handle.read(max_bytes + 1)
         except OSError as exc:
-            raise ExecutorError(
-                f"cannot read {path}: {exc.strerror or exc}", host=self.target.name
-            ) from exc
+            raise ExecutorError(f"cannot read {path}: {exc.strerror or exc}", host=self.target.name) from exc
         if len(data) > max_bytes:
             raise ExecutorError(f"{path} is larger than {max_bytes} bytes", host=self.target.name)
         return data
@@ -256,9 +254,7 @@ class LocalExecutor:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise ExecutorError(
-                f"cannot write {path}: {exc.strerror or exc}", host=self.target.name
-            ) from exc
+            raise ExecutorError(f"cannot write {path}: {exc.strerror or exc}", host=self.target.name) from exc
 
     def cancel(self) -> None:
         """Kill every in-flight command's process group (SIGTERM, grace, SIGKILL)."""
@@ -268,9 +264,7 @@ class LocalExecutor:
                 entry.cancelled = True
                 _signal_group(entry.proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + KILL_GRACE
-            while time.monotonic() < deadline and not all(
-                _leader_exited(e.proc.pid) for e in entries
-            ):
+            while time.monotonic() < deadline and not all(_leader_exited(e.proc.pid) for e in entries):
                 time.sleep(0.005)
             # Still under the lock: no run() can reap a leader (and free its pid) here.
             for entry in entries:
@@ -283,9 +277,7 @@ class LocalExecutor:
             self.cancel()
 
 
-def _next_wake(
-    now: float, deadline: float | None, exited_at: float | None, *, polling: bool
-) -> float | None:
+def _next_wake(now: float, deadline: float | None, exited_at: float | None, *, polling: bool) -> float | None:
     """Seconds until the loop must look again without an event, or None for never."""
     waits = []
     if deadline is not None and exited_at is None:

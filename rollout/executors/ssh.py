@@ -59,9 +59,7 @@ class _UnknownHostKey(paramiko.SSHException):
 class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
     """paramiko's RejectPolicy, with the key kept so the error can show its fingerprint."""
 
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         raise _UnknownHostKey(hostname, key)
 
 
@@ -151,13 +149,9 @@ class SshExecutor:
                 host=target.name,
             ) from exc
         except socket.gaierror as exc:
-            raise ConnectError(
-                f"cannot resolve {target.address}: {exc.strerror}", host=target.name
-            ) from exc
+            raise ConnectError(f"cannot resolve {target.address}: {exc.strerror}", host=target.name) from exc
         except OSError as exc:
-            raise ConnectError(
-                f"cannot connect to {target.endpoint}: {exc.strerror or exc}", host=target.name
-            ) from exc
+            raise ConnectError(f"cannot connect to {target.endpoint}: {exc.strerror or exc}", host=target.name) from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = self._handshake(sock)
@@ -219,9 +213,7 @@ class SshExecutor:
             ) from exc
         except paramiko.SSHException as exc:
             client.close()
-            raise ConnectError(
-                f"SSH handshake with {target.endpoint} failed: {exc}", host=target.name
-            ) from exc
+            raise ConnectError(f"SSH handshake with {target.endpoint} failed: {exc}", host=target.name) from exc
         except EOFError as exc:
             client.close()
             raise ConnectError(
@@ -231,8 +223,7 @@ class SshExecutor:
         except TimeoutError as exc:
             client.close()
             raise ConnectError(
-                f"timed out after {target.connect_timeout:g}s in the SSH handshake with "
-                f"{target.endpoint}",
+                f"timed out after {target.connect_timeout:g}s in the SSH handshake with {target.endpoint}",
                 host=target.name,
             ) from exc
         except OSError as exc:
@@ -286,9 +277,7 @@ class SshExecutor:
                 channel.exec_command(wrapped)
                 out, err, exit_code, timed_out = self._pump(entry, stdin, timeout, started)
             except (paramiko.SSHException, EOFError) as exc:
-                raise ExecutorError(
-                    f"command failed on {self.target.endpoint}: {exc}", host=self.target.name
-                ) from exc
+                raise ExecutorError(f"command failed on {self.target.endpoint}: {exc}", host=self.target.name) from exc
             except OSError as exc:
                 raise ExecutorError(
                     f"connection to {self.target.endpoint} lost: {exc.strerror or exc}",
@@ -454,13 +443,9 @@ class SshExecutor:
         try:
             sftp = paramiko.SFTPClient.from_transport(transport)
         except (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError) as exc:
-            raise ExecutorError(
-                f"cannot start SFTP on {self.target.endpoint}: {exc}", host=self.target.name
-            ) from exc
+            raise ExecutorError(f"cannot start SFTP on {self.target.endpoint}: {exc}", host=self.target.name) from exc
         if sftp is None:
-            raise ExecutorError(
-                f"cannot start SFTP on {self.target.endpoint}", host=self.target.name
-            )
+            raise ExecutorError(f"cannot start SFTP on {self.target.endpoint}", host=self.target.name)
         return sftp
 
     def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:
@@ -470,15 +455,11 @@ class SshExecutor:
             with sftp.open(path, "rb") as handle:
                 size = handle.stat().st_size
                 if size is not None and size > max_bytes:
-                    raise ExecutorError(
-                        f"{path} is larger than {max_bytes} bytes", host=self.target.name
-                    )
+                    raise ExecutorError(f"{path} is larger than {max_bytes} bytes", host=self.target.name)
                 handle.prefetch(size)
                 data = handle.read(max_bytes + 1)
         except OSError as exc:
-            raise ExecutorError(
-                f"cannot read {path}: {exc.strerror or exc}", host=self.target.name
-            ) from exc
+            raise ExecutorError(f"cannot read {path}: {exc.strerror or exc}", host=self.target.name) from exc
         except (paramiko.SSHException, paramiko.SFTPError, EOFError) as exc:
             raise ExecutorError(f"cannot read {path}: {exc}", host=self.target.name) from exc
         finally:
