@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
-from rollout.model import Event
+from rollout.event import Event
 
 __all__ = [
     "EVENT_FIELDS",

@@ -8,14 +8,12 @@ the planfile module, never here.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     AfterValidator,
+    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -418,11 +416,15 @@ class Step(Model):
         return self.rollback.strip().lower() == "none"
 
 
+def _all_hosts_in_one_wave() -> list[int | Percent | str]:
+    return [Percent(100.0)]
+
+
 class Strategy(Model):
     """Waves, bake time, failure budget and concurrency."""
 
     waves: list[WaveSize] = Field(
-        default_factory=lambda: [Percent(100.0)],
+        default_factory=_all_hosts_in_one_wave,
         description="cumulative targets: [1, 25%, 100%] = one host, then up to a quarter, then all",
     )
     bake: Duration = 0.0
@@ -583,58 +585,3 @@ def _compile_check(value: str | None) -> str | None:
         except re.error as exc:
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
     return value
-
-
-# --- events ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something that happened in a run, before the journal gives it a place in the chain."""
-
-    kind: str
-    wave: int | None = None
-    host: str | None = None
-    step: str | None = None
-    outcome: str | None = None
-    data: Mapping[str, Any] = dataclass_field(default_factory=dict)
-
-
-class EventKind:
-    """The event vocabulary, in the order a run meets it."""
-
-    RUN_START = "run.start"
-    PRECHECK = "precheck.result"
-    PRECHECKS_PASSED = "prechecks.passed"
-    PRECHECKS_FAILED = "prechecks.failed"
-    GUARDS_START = "guards.start"
-    GUARD_STATE = "guard.state"
-    WAVE_START = "wave.start"
-    WAVE_END = "wave.end"
-    STEP_INTENT = "step.intent"
-    STEP_RESULT = "step.result"
-    VERIFY = "verify.result"
-    HOST_FAILED = "host.failed"
-    BAKE_START = "bake.start"
-    BAKE_END = "bake.end"
-    ABORT = "abort"
-    ROLLBACK_START = "rollback.start"
-    ROLLBACK_INTENT = "rollback.intent"
-    ROLLBACK_RESULT = "rollback.result"
-    ROLLBACK_END = "rollback.end"
-    RECOVERY = "recovery.guards"
-    RECOVER_START = "recover.start"
-    IN_DOUBT = "step.in_doubt"
-    NOTIFY = "notify.delivery"
-    RUN_END = "run.end"
-
-
-class Outcome:
-    """Run outcomes and what they mean for the exit code."""
-
-    SUCCEEDED = "succeeded"
-    ROLLED_BACK = "rolled_back"
-    ROLLBACK_FAILED = "rollback_failed"
-    REFUSED = "refused"
-    INTERRUPTED = "interrupted"
-    JOURNAL_FAILED = "journal_failed"

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from rollout.errors import PlanError, TemplateError
 from rollout.model import Plan, SecretVar
-from rollout.template import TemplateProblem, render, variables_in
+from rollout.template import TemplateProblem, render
 
 MAX_PLAN_BYTES = 1024 * 1024
 MAX_NODES = 200_000

@@ -16,7 +16,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 import rollout
-from rollout.cli import commands  # noqa: F401  (registers the commands on the app)
+from rollout.cli import commands  # noqa: F401  (registers the commands)
 from rollout.cli.app import app, run_cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ MAX_BODY = 64 * 1024 * 1024
 
 
 def _client() -> Any:
-    import httpx  # noqa: PLC0415 - heavy; only commands that probe pay for it
+    import httpx
 
     return httpx
 
@@ -35,21 +35,23 @@ def http_probe(
     httpx = _client()
     start = time.monotonic()
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False) as client:
-            with client.stream(method, url, headers=dict(headers or {})) as response:
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > max_body:
-                        return HttpObservation(
-                            response.status_code,
-                            error=f"body larger than {max_body} bytes",
-                            elapsed=time.monotonic() - start,
-                        )
-                    chunks.append(chunk)
-                body = b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
-                return HttpObservation(response.status_code, body, elapsed=time.monotonic() - start)
+        with (
+            httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False) as client,
+            client.stream(method, url, headers=dict(headers or {})) as response,
+        ):
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_body:
+                    return HttpObservation(
+                        response.status_code,
+                        error=f"body larger than {max_body} bytes",
+                        elapsed=time.monotonic() - start,
+                    )
+                chunks.append(chunk)
+            body = b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
+            return HttpObservation(response.status_code, body, elapsed=time.monotonic() - start)
     except httpx.TimeoutException:
         return HttpObservation(None, error=f"timed out after {timeout:g}s", elapsed=time.monotonic() - start)
     except httpx.ConnectError as exc:

@@ -236,8 +236,8 @@ def parse_document(data: bytes, *, fmt: Literal["json", "yaml", "auto"], name: s
         except (ValueError, RecursionError) as exc:
             raise MetadataError(f"{name}: invalid JSON: {exc}") from exc
     # Deferred: planfile is the one yaml importer, and JSON-only callers need not load it.
-    from rollout.errors import PlanError  # noqa: PLC0415
-    from rollout.planfile import load_yaml_document  # noqa: PLC0415
+    from rollout.errors import PlanError
+    from rollout.planfile import load_yaml_document
 
     try:
         return load_yaml_document(text, name)
@@ -273,8 +273,8 @@ class CompiledSchema:
 
     def __init__(self, schema: Mapping[str, Any] | bool) -> None:
         # Deferred: jsonschema costs ~100 ms to import and only metadata checks need it.
-        from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # noqa: PLC0415
-        from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]  # noqa: PLC0415
+        from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+        from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
 
         try:
             Draft202012Validator.check_schema(schema)
@@ -392,7 +392,7 @@ class _FastCompiler:
         except _Unsupported:
             return None
         namespace = dict(self.consts)
-        exec("\n\n".join(self.functions), namespace)  # noqa: S102 - source built above from the schema's own constants only
+        exec("\n\n".join(self.functions), namespace)  # noqa: S102 - code generated from the schema, no user text
         check: Check = namespace[entry]
         return check
 

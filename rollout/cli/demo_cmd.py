@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "plans" / "order-gateway-metadata.yaml"
 FLEET = REPO / "examples" / "exchange" / "fleet.py"
 ORIGINAL_IMPACT_S = 22 * 60 + 30
+DEMO_ROOT = Path(tempfile.gettempdir()) / "rollout-demo" / "fleet"
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ def _load_fleet_module() -> ModuleType:
     if not FLEET.exists():
         raise UsageError(f"{FLEET}: the demo needs the source checkout (examples/exchange is not installed)")
     spec = importlib.util.spec_from_file_location("rollout_demo_fleet", FLEET)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -92,16 +95,14 @@ def _impact(journal: Path) -> tuple[float | None, float | None]:
 @app.command(epilog="Example:\n\n  rollout demo\n\n  rollout demo --keep   (leave the toy exchange running afterwards)")
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the toy exchange running afterwards.")] = False,
-    root: Annotated[
-        Path, typer.Option("--root", help="Where the toy exchange keeps its files.")
-    ] = Path("/tmp/rollout-demo/fleet"),
+    root: Annotated[Path, typer.Option("--root", help="Where the toy exchange keeps its files.")] = DEMO_ROOT,
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """Replay the incident on a local toy exchange: refused, rolled back in seconds, then done right."""
-    from rollout.cli.run_cmds import execute  # noqa: PLC0415
-    from rollout.engine.prepare import prepare_schedule  # noqa: PLC0415
-    from rollout.planfile import load_plan  # noqa: PLC0415
-    from rollout.runstore import new_run_id  # noqa: PLC0415
+    from rollout.cli.run_cmds import execute
+    from rollout.engine.prepare import prepare_schedule
+    from rollout.planfile import load_plan
+    from rollout.runstore import new_run_id
 
     state = state_dir(state_dir_opt)
     try:
@@ -115,8 +116,12 @@ def demo(
     ports = [int((loaded.plan.environments["demo"].host(h).vars or {})["port"]) for h in hosts]  # type: ignore[arg-type]
     say = terminal.print
     say("rollout demo: replaying an exchange's metadata-upgrade incident on a local toy exchange")
-    say(f"  the original: order placement, amendment and cancellation failed for {ORIGINAL_IMPACT_S // 60} min {ORIGINAL_IMPACT_S % 60} s")
-    say(f"  here: {len(ports)} order gateways on 127.0.0.1 ports {ports[0]}-{ports[-1]}, serving metadata v1; plan {PLAN.relative_to(REPO)}")
+    say(
+        f"  the original: order placement, amendment and cancellation failed for {ORIGINAL_IMPACT_S // 60} min {ORIGINAL_IMPACT_S % 60} s"
+    )
+    say(
+        f"  here: {len(ports)} order gateways on 127.0.0.1 ports {ports[0]}-{ports[-1]}, serving metadata v1; plan {PLAN.relative_to(REPO)}"
+    )
     results: list[tuple[Act, int, Path | None]] = []
     try:
         try:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rollout.engine.prepare import Schedule
-from rollout.model import Event, EventKind
+from rollout.event import Event, EventKind
 from rollout.report.timeline import describe_event
 
 
@@ -124,18 +124,17 @@ class LiveDisplay:
             self.guard = dict.fromkeys(self.guard, "green")
         elif k == EventKind.RUN_END:
             self.phase = f"ended: {e.outcome}"
-        if k in (EventKind.STEP_RESULT, EventKind.VERIFY, EventKind.WAVE_END):
-            for cell, state in self.cells.items():
-                if state == "verifying" and (k == EventKind.WAVE_END or cell == key):
-                    if k == EventKind.WAVE_END or e.outcome == "ok":
-                        self.cells[cell] = "ok" if k == EventKind.WAVE_END or self._last_verify(cell, e) else state
+        if self.cells.get(key) == "verifying" and (
+            (k == EventKind.STEP_RESULT and not self._verify_labels(key))
+            or (k == EventKind.VERIFY and e.outcome == "ok" and self._verify_labels(key)[-1:] == [e.data.get("check")])
+        ):
+            self.cells[key] = "ok"
 
-    def _last_verify(self, cell: tuple[str, str], e: Event) -> bool:
-        host_step = self.schedule.hosts[cell[0]].steps
-        step = next((s for s in host_step if s.name == cell[1]), None)
-        if step is None or not step.verify:
-            return True
-        return e.kind == EventKind.VERIFY and e.data.get("check") == step.verify[-1].label
+    def _verify_labels(self, cell: tuple[str, str]) -> list[str]:
+        """The labels of a step's verifications on a host, in order."""
+        host = self.schedule.hosts.get(cell[0])
+        step = next((s for s in host.steps if s.name == cell[1]), None) if host else None
+        return [c.label for c in step.verify] if step else []
 
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started

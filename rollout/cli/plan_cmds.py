@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _problems(exc: PlanError) -> list[PlanError]:
-    from rollout.planfile import PlanInvalid  # noqa: PLC0415
+    from rollout.planfile import PlanInvalid
 
     return list(exc.problems) if isinstance(exc, PlanInvalid) else [exc]
 
@@ -48,8 +48,8 @@ def validate(
     var: VarOption = None,
 ) -> None:
     """Lint and type-check plans: every environment of every plan (exit 0 valid, 2 not)."""
-    from rollout.engine.prepare import validate_environments  # noqa: PLC0415
-    from rollout.planfile import load_plan  # noqa: PLC0415
+    from rollout.engine.prepare import validate_environments
+    from rollout.planfile import load_plan
 
     overrides = parse_vars(var)
     results: list[dict[str, Any]] = []
@@ -110,9 +110,9 @@ def validate(
                             path=e["path"],
                         ).render()
                     )
-        bad = sum(1 for r in results if not r["valid"])
-        if len(results) > 1 or bad:
-            terminal.print(f"{len(results) - bad} valid, {bad} invalid")
+        invalid = sum(1 for r in results if not r["valid"])
+        if len(results) > 1 or invalid:
+            terminal.print(f"{len(results) - invalid} valid, {invalid} invalid")
     raise typer.Exit(int(ExitStatus.SUCCESS if all(r["valid"] for r in results) else ExitStatus.USAGE))
 
 
@@ -153,7 +153,7 @@ def describe_check(check: Check) -> str:
 
 def schedule_as_dict(schedule: Schedule) -> dict[str, Any]:
     """The schedule as data (for --json and for the run directory)."""
-    from rollout.model import format_duration  # noqa: PLC0415
+    from rollout.model import format_duration
 
     plan = schedule.loaded.plan
     strategy = plan.strategy
@@ -224,8 +224,8 @@ def plan_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
 ) -> None:
     """Dry run: the exact schedule a run would execute, rendered per host; changes nothing."""
-    from rollout.engine.prepare import prepare_schedule  # noqa: PLC0415
-    from rollout.planfile import load_plan  # noqa: PLC0415
+    from rollout.engine.prepare import prepare_schedule
+    from rollout.planfile import load_plan
 
     try:
         loaded = load_plan(plan)
@@ -293,6 +293,6 @@ def plan_command(
 @app.command(epilog="Example:\n\n  rollout schema > plan.schema.json")
 def schema() -> None:
     """Print the plan JSON Schema (for editors with yaml-language-server, and CI)."""
-    from rollout.planfile import plan_json_schema  # noqa: PLC0415
+    from rollout.planfile import plan_json_schema
 
     terminal.print(json.dumps(plan_json_schema(), indent=2))

@@ -11,20 +11,27 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from rollout.cli.app import StateDirOption, VarOption, app, fail, parse_vars, state_dir, terminal
-from rollout.cli.display import LiveDisplay, PlainDisplay
-from rollout.engine.apply import Engine, RunResult
-from rollout.engine.events import Bus, Redactor
-from rollout.engine.prepare import Schedule, prepare_schedule
 from rollout.errors import ExitStatus, JournalError, Refused, RolloutError, UsageError
+from rollout.event import Event, Outcome
 from rollout.journal import EnvironmentLock, Journal, LockHolder, read_journal, verify_journal
-from rollout.model import Event, FreezeWindow, Outcome, format_duration, parse_duration
-from rollout.planfile import LoadedPlan, load_plan
 from rollout.runstore import RunDir, create_run_dir, find_run, list_runs, new_run_id
+
+if TYPE_CHECKING:
+    from rollout.cli.display import LiveDisplay, PlainDisplay
+    from rollout.engine.apply import RunResult
+    from rollout.engine.events import Bus
+    from rollout.engine.prepare import Schedule
+    from rollout.model import FreezeWindow
+    from rollout.planfile import LoadedPlan
+
+# Commands are registered at start-up (`rollout --help` lists them), so this module
+# imports only light modules at the top; the engine, pydantic models and rich.live are
+# imported inside the commands that use them.
 
 
 class JournalSink:
@@ -39,6 +46,8 @@ class JournalSink:
 
 
 def _duration_option(value: str, name: str) -> float:
+    from rollout.model import parse_duration
+
     try:
         return parse_duration(value)
     except ValueError as exc:
@@ -84,6 +93,8 @@ def _signals(handler: Callable[[str], None]) -> Iterator[None]:
 
 
 def _display(schedule: Schedule) -> LiveDisplay | PlainDisplay:
+    from rollout.cli.display import LiveDisplay, PlainDisplay
+
     if terminal.out.is_terminal and os.environ.get("TERM") != "dumb":
         return LiveDisplay(terminal.out, schedule)
     return PlainDisplay(terminal.out)
@@ -142,7 +153,7 @@ def _print_result(result: RunResult, run: RunDir, schedule: Schedule) -> None:
 def _write_report(run: RunDir) -> None:
     """Write report.md at the end of every run (best effort: the journal is the evidence)."""
     try:
-        from rollout.report.incident import write_markdown_report  # noqa: PLC0415
+        from rollout.report.incident import write_markdown_report
     except ImportError:
         return
     try:
@@ -161,6 +172,9 @@ def execute(
     overrides: dict[str, str],
 ) -> int:
     """Lock, create the run directory and journal, run the engine, report; return the exit code."""
+    from rollout.engine.apply import Engine
+    from rollout.engine.events import Bus, Redactor
+
     lock = EnvironmentLock(state, schedule.env_name)
     lock.acquire(LockHolder.current(schedule.run_id), timeout=lock_timeout)
     try:
@@ -203,7 +217,7 @@ def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir) -> None:
     if not schedule.notify:
         return
     try:
-        from rollout.report.notify import Notifier  # noqa: PLC0415
+        from rollout.report.notify import Notifier
     except ImportError:
         return
     bus.add(Notifier(schedule, bus))
@@ -232,6 +246,9 @@ def run(
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """Execute a plan: pre-checks, guards, waves; automatic rollback on any failure."""
+    from rollout.engine.prepare import prepare_schedule
+    from rollout.planfile import load_plan
+
     lock_wait = _duration_option(lock_timeout, "--lock-timeout")
     grace_s = _duration_option(grace, "--grace")
     overrides = parse_vars(var)
@@ -281,7 +298,12 @@ def recover(
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """Finish what a dead run left: settle in-doubt steps with verify, roll back everything applied."""
-    from rollout.engine.recover import recover_run  # noqa: PLC0415
+    from rollout.cli.display import PlainDisplay
+    from rollout.engine.apply import Engine, RunResult
+    from rollout.engine.events import Bus, Redactor
+    from rollout.engine.prepare import prepare_schedule
+    from rollout.engine.recover import recover_run
+    from rollout.planfile import load_plan
 
     state = state_dir(state_dir_opt)
     try:
@@ -365,6 +387,8 @@ def runs(
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """History of runs: id, plan, environment, start, duration, outcome."""
+    from rollout.model import format_duration
+
     entries = [_run_summary(r) for r in list_runs(state_dir(state_dir_opt))]
     if as_json:
         terminal.print(json.dumps(entries, indent=2))
@@ -376,12 +400,12 @@ def runs(
     for e in entries:
         duration = format_duration(e["duration"]) if isinstance(e["duration"], int | float) else "-"
         terminal.print(
-            f"{e['run']:<26} {str(e['plan']):<28} {str(e['env']):<12} {str(e['start']):<24} {duration:>9}  {e['outcome']}"
+            f"{e['run']:<26} {e['plan']!s:<28} {e['env']!s:<12} {e['start']!s:<24} {duration:>9}  {e['outcome']}"
         )
 
 
 def _timeline_line(record: Any) -> str:
-    from rollout.report.timeline import describe_event  # noqa: PLC0415
+    from rollout.report.timeline import describe_event
 
     ts = str(record.ts).replace("T", " ").replace("Z", "")
     return f"{ts}  {describe_event(record.event)}"
@@ -468,6 +492,8 @@ def verify(
 
 def _plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
     """Re-load the stored plan copy and compare its digest (None when there is no copy)."""
+    from rollout.planfile import load_plan
+
     copy = rundir.path / "plan"
     if recorded is None or not copy.is_dir():
         return None

@@ -11,6 +11,7 @@ hoping a thread notices.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import socket
 import threading
@@ -27,9 +28,10 @@ from rollout.engine.guards import GuardMonitor
 from rollout.engine.prepare import HostPlan, Schedule
 from rollout.engine.probe import CheckRunner
 from rollout.errors import ExecutorError, ExitStatus, JournalError
+from rollout.event import Event, EventKind, Outcome
 from rollout.executors import open_executor
 from rollout.executors.base import CommandResult, Executor, Target
-from rollout.model import Event, EventKind, Guard, Outcome, Step, format_duration
+from rollout.model import Guard, Step, format_duration
 
 OUTPUT_EXCERPT = 2000
 RECOVERY_TIMEOUT_MIN = 10.0
@@ -177,10 +179,8 @@ class Engine:
             executors = list(self._executors.values())
             self._executors.clear()
         for ex in executors:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort; the outcome is already known
                 ex.close()
-            except Exception:  # noqa: S110 - closing is best effort; the run's outcome is already known
-                pass
 
     def _emit(self, event: Event, *, sync: bool = False) -> None:
         if self._fatal is not None:
@@ -274,7 +274,7 @@ class Engine:
                 sync=True,
             )
             return RunResult(Outcome.REFUSED, cause=cause, failed_prechecks=tuple(failed))
-        if self.aborting:  # interrupted during pre-checks: nothing changed
+        if self._abort.is_set():  # interrupted during pre-checks: nothing changed
             cause = self._cause or Cause("interrupt", "interrupted")
             self._emit(
                 Event(
@@ -288,7 +288,7 @@ class Engine:
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
         self.guards.start()
         for wave in s.waves:
-            if self.aborting:
+            if self._abort.is_set():
                 break
             self._emit(
                 Event(
@@ -298,7 +298,7 @@ class Engine:
                 )
             )
             self._run_wave(wave.index, wave.hosts)
-            if self.aborting:
+            if self._abort.is_set():
                 break
             self._emit(Event(EventKind.WAVE_END, wave=wave.index, outcome="ok"))
             bake = s.loaded.plan.strategy.bake
@@ -315,7 +315,7 @@ class Engine:
             elif bake > 0:
                 # without guards, a bake is a plain pause that an abort cuts short
                 self._abort.wait(bake)
-        if not self.aborting:
+        if not self._abort.is_set():
             self._stop_probes.set()
             self.guards.stop()
             data: dict[str, Any] = {"hosts": len(s.hosts)}
@@ -364,7 +364,7 @@ class Engine:
 
         def check_host(host: HostPlan) -> None:
             for check in host.prechecks:
-                if self.aborting:
+                if self._abort.is_set():
                     return
                 verdict = self.runner.run(check, self.executor(host.name))
                 self._emit(
@@ -406,8 +406,8 @@ class Engine:
         grace_deadline: float | None = None
         cancelled = False
         while pending:
-            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-            if self.aborting and not self._rolling_back and grace_deadline is None:
+            _, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            if self._abort.is_set() and not self._rolling_back and grace_deadline is None:
                 grace_deadline = time.monotonic() + self.grace
             if grace_deadline is not None and not cancelled and time.monotonic() >= grace_deadline:
                 cancelled = True
@@ -421,7 +421,7 @@ class Engine:
 
     def _run_host(self, wave: int, host: HostPlan) -> None:
         for index, step in enumerate(host.steps):
-            if self.aborting:
+            if self._abort.is_set():
                 return
             applied = AppliedStep(host.name, wave, index, step)
             failure = self._apply_step(wave, host, applied)
@@ -465,7 +465,7 @@ class Engine:
                 ),
                 sync=True,
             )
-            if result.ok or result.cancelled or self.aborting or attempt == attempts:
+            if result.ok or result.cancelled or self._abort.is_set() or attempt == attempts:
                 break
             if self._abort.wait(step.retry_delay):
                 break
@@ -487,7 +487,7 @@ class Engine:
             )
         applied.state = "applied"
         for check in step.verify:
-            if self.aborting:
+            if self._abort.is_set():
                 return None
             verdict = self.runner.run(check, ex)
             self._emit(
@@ -525,7 +525,7 @@ class Engine:
             )
 
     def _host_failed(self, wave: int, host: HostPlan, cause: Cause) -> None:
-        if self.aborting and cause.kind == "step" and self._cause is not None and self._cause.kind == "interrupt":
+        if self._abort.is_set() and cause.kind == "step" and self._cause is not None and self._cause.kind == "interrupt":
             return  # a command killed by the operator's abort is not a new failure
         with self._state_lock:
             self._failed_hosts.append(host.name)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from rollout.errors import JournalError
-from rollout.model import Event
+from rollout.event import Event
 
 REDACTED = "***"
 

@@ -16,8 +16,9 @@ from rollout.checks import Verdict
 from rollout.engine.events import Bus
 from rollout.engine.probe import CheckRunner
 from rollout.errors import JournalError
+from rollout.event import Event, EventKind
 from rollout.executors.base import Executor
-from rollout.model import Event, EventKind, Guard
+from rollout.model import Guard
 
 GREEN = "green"
 FAILING = "failing"

@@ -49,13 +49,13 @@ class CheckRunner:
                 result = executor.run(check.command.run, timeout=check.timeout)
                 return evaluate_command(check.command, result)
             if check.http is not None:
-                from rollout.checks.http import http_probe  # noqa: PLC0415 - httpx is heavy
+                from rollout.checks.http import http_probe
 
                 h = check.http
                 obs = http_probe(h.url, method=h.method, headers=h.headers, timeout=check.timeout)
                 return evaluate_http(h, obs)
             if check.tcp is not None:
-                from rollout.checks.http import tcp_probe  # noqa: PLC0415
+                from rollout.checks.http import tcp_probe
 
                 try:
                     port = int(check.tcp.port)
@@ -91,7 +91,7 @@ class CheckRunner:
                 raise MetadataError(f"{name} exited {result.exit_code}: {result.tail('stderr', 3)}")
             return result.stdout.encode("utf-8"), name
         assert source.url is not None
-        from rollout.checks.http import http_probe  # noqa: PLC0415
+        from rollout.checks.http import http_probe
 
         obs: HttpObservation = http_probe(source.url, timeout=timeout)
         if obs.error is not None or obs.status != 200:
@@ -99,13 +99,13 @@ class CheckRunner:
         return obs.body.encode("utf-8"), source.url
 
     def _document(self, source: DocumentSource, executor: Executor, timeout: float) -> tuple[Any, str]:
-        from rollout.checks import metadata as md  # noqa: PLC0415 - jsonschema is heavy
+        from rollout.checks import metadata as md
 
         data, name = self.fetch(source, executor, timeout)
         return md.parse_document(data, fmt=source.format, name=name), name
 
     def _metadata(self, spec: MetadataCheck, executor: Executor, timeout: float) -> Verdict:
-        from rollout.checks import metadata as md  # noqa: PLC0415
+        from rollout.checks import metadata as md
 
         doc, name = self._document(spec.source, executor, timeout)
         if spec.equals is not None:

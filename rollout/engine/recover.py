@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from rollout.engine.apply import AppliedStep, Cause, Engine, RunResult
 from rollout.engine.prepare import Schedule
-from rollout.model import Event, EventKind, Outcome
+from rollout.event import Event, EventKind, Outcome
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     """Settle in-doubt steps with their verify, then roll back everything still applied."""
     schedule = engine.schedule
     state = state_from_events(events, schedule)
-    engine._emit(  # noqa: SLF001 - recovery is part of the engine
+    engine._emit(
         Event(
             EventKind.RECOVER_START,
             data={
@@ -94,7 +94,7 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
                     failed = next(v for v in verdicts if not v.ok)
                     summary = f"started but never finished; verify fails ({failed.summary}): it may be partly applied"
                     outcome = "partly_applied"
-            engine._emit(  # noqa: SLF001
+            engine._emit(
                 Event(
                     EventKind.IN_DOUBT,
                     wave=item.wave,

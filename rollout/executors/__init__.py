@@ -20,11 +20,11 @@ __all__ = ["CommandResult", "Executor", "Target", "open_executor"]
 def open_executor(target: Target, *, output_cap: int = DEFAULT_OUTPUT_CAP) -> Executor:
     """Return an executor for `target`; SSH connects lazily, on first use."""
     if target.connection == "local":
-        from rollout.executors.local import LocalExecutor  # noqa: PLC0415 - keep start-up lean
+        from rollout.executors.local import LocalExecutor
 
         return LocalExecutor(target, output_cap=output_cap)
     if target.connection == "ssh":
-        from rollout.executors.ssh import SshExecutor  # noqa: PLC0415 - paramiko is slow to import
+        from rollout.executors.ssh import SshExecutor
 
         return SshExecutor(target, output_cap=output_cap)
     raise ValueError(f"unknown connection kind: {target.connection!r}")

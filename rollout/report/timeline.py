@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rollout.model import Event, EventKind
+from rollout.event import Event, EventKind
 
 
 def _short(text: Any, limit: int = 160) -> str:

@@ -1,0 +1,63 @@
+"""Events: what happened in a run, before the journal gives it a place in the chain.
+
+Kept free of pydantic so that the journal and the commands that only read journals
+(timeline, verify, runs) start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened in a run, before the journal gives it a place in the chain."""
+
+    kind: str
+    wave: int | None = None
+    host: str | None = None
+    step: str | None = None
+    outcome: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class EventKind:
+    """The event vocabulary, in the order a run meets it."""
+
+    RUN_START = "run.start"
+    PRECHECK = "precheck.result"
+    PRECHECKS_PASSED = "prechecks.passed"
+    PRECHECKS_FAILED = "prechecks.failed"
+    GUARDS_START = "guards.start"
+    GUARD_STATE = "guard.state"
+    WAVE_START = "wave.start"
+    WAVE_END = "wave.end"
+    STEP_INTENT = "step.intent"
+    STEP_RESULT = "step.result"
+    VERIFY = "verify.result"
+    HOST_FAILED = "host.failed"
+    BAKE_START = "bake.start"
+    BAKE_END = "bake.end"
+    ABORT = "abort"
+    ROLLBACK_START = "rollback.start"
+    ROLLBACK_INTENT = "rollback.intent"
+    ROLLBACK_RESULT = "rollback.result"
+    ROLLBACK_END = "rollback.end"
+    RECOVERY = "recovery.guards"
+    RECOVER_START = "recover.start"
+    IN_DOUBT = "step.in_doubt"
+    NOTIFY = "notify.delivery"
+    RUN_END = "run.end"
+
+
+class Outcome:
+    """Run outcomes and what they mean for the exit code."""
+
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    REFUSED = "refused"
+    INTERRUPTED = "interrupted"
+    JOURNAL_FAILED = "journal_failed"
