@@ -154,7 +154,9 @@ def demo(
         if journal is not None and act.expected == ExitStatus.ROLLED_BACK:
             window, detect = _impact(journal)
             if window is not None:
-                line += f"; customer impact {window:.2f} s (detected in {detect:.2f} s) vs {ORIGINAL_IMPACT_S} s in the original"
+                line += f"; customer impact {window:.2f} s vs {ORIGINAL_IMPACT_S} s in the original"
+            if detect is not None:
+                line += f" (guard tripped {detect:.2f} s after the first failed probe)"
         say(line)
     say(f"  runs are in {state}/runs: `rollout runs`, `rollout timeline last`, `rollout report RUN --format html`")
     if keep:

@@ -7,6 +7,7 @@ The verdict itself always comes from the pure functions in rollout.checks.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,7 @@ class CheckRunner:
             path = Path(source.file)
             if not path.is_absolute():
                 path = self.plan_dir / path
+            path = Path(os.path.normpath(path))
             try:
                 return path.read_bytes(), str(path)
             except OSError as exc:
