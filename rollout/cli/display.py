@@ -77,7 +77,8 @@ class LiveDisplay:
         self.recent: deque[str] = deque(maxlen=6)
         self.started = time.monotonic()
         self._lock = threading.Lock()
-        self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+        # Live re-renders this object on every refresh, so the elapsed time keeps ticking.
+        self._live = Live(self, console=console, refresh_per_second=8, transient=False)
         self._live.start()
 
     def emit(self, event: Event, *, sync: bool) -> None:
@@ -85,13 +86,13 @@ class LiveDisplay:
         with self._lock:
             self._fold(event)
             self.recent.append(f"{utc_now_ms()}  {describe_event(event)}")
-            self._live.update(self._render())
+        self._live.refresh()
 
     def note(self, text: str) -> None:
         """A message from the CLI itself."""
         with self._lock:
             self.recent.append(f"{utc_now_ms()}  {text}")
-            self._live.update(self._render())
+        self._live.refresh()
 
     def _fold(self, e: Event) -> None:
         k = e.kind
@@ -122,6 +123,8 @@ class LiveDisplay:
             self.guard[e.host] = str(e.outcome)
         elif k == EventKind.GUARDS_START:
             self.guard = dict.fromkeys(self.guard, "green")
+        elif k == EventKind.ROLLBACK_END:
+            self.status = ""
         elif k == EventKind.RUN_END:
             self.phase = f"ended: {e.outcome}"
         if self.cells.get(key) == "verifying" and (
@@ -135,6 +138,11 @@ class LiveDisplay:
         host = self.schedule.hosts.get(cell[0])
         step = next((s for s in host.steps if s.name == cell[1]), None) if host else None
         return [c.label for c in step.verify] if step else []
+
+    def __rich__(self) -> Group:
+        """Rendered by rich.live on every refresh."""
+        with self._lock:
+            return self._render()
 
     def _render(self) -> Group:
         elapsed = time.monotonic() - self.started
@@ -166,6 +174,4 @@ class LiveDisplay:
 
     def close(self) -> None:
         """Leave the final view on screen."""
-        with self._lock:
-            self._live.update(self._render())
-            self._live.stop()
+        self._live.stop()
