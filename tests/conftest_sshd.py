@@ -156,7 +156,7 @@ def start_sshd(workdir: Path, host: str = "127.0.0.1") -> SshdServer:
                 ]
             )
         )
-        log = open(workdir / "sshd.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(workdir / "sshd.log", "ab")
         process = subprocess.Popen(
             [SSHD, "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL,

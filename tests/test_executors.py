@@ -106,13 +106,9 @@ class TestContract:
         assert result.stdout == "out\nout2\n"
         assert result.stderr == "err\n"
 
-    def test_output_over_the_cap_keeps_the_tail_and_says_truncated(
-        self, make_executor: MakeExecutor
-    ) -> None:
+    def test_output_over_the_cap_keeps_the_tail_and_says_truncated(self, make_executor: MakeExecutor) -> None:
         executor = make_executor(output_cap=1000)
-        result = executor.run(
-            "i=0; while [ $i -lt 500 ]; do echo line$i; i=$((i+1)); done; echo END"
-        )
+        result = executor.run("i=0; while [ $i -lt 500 ]; do echo line$i; i=$((i+1)); done; echo END")
         assert result.truncated
         assert len(result.stdout.encode()) <= 1000
         assert result.stdout.endswith("line499\nEND\n")
@@ -129,9 +125,7 @@ class TestContract:
     def test_output_under_the_cap_is_not_truncated(self, executor: Executor) -> None:
         assert not executor.run("echo small").truncated
 
-    def test_shell_metacharacters_are_interpreted_by_sh(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_shell_metacharacters_are_interpreted_by_sh(self, executor: Executor, tmp_path: Path) -> None:
         target = tmp_path / "out file"
         result = executor.run(
             f"echo abc | tr a-c x-z > '{target}' && cat '{target}'; "
@@ -140,9 +134,7 @@ class TestContract:
         assert result.stdout == "xyz\n42 sub tick\nfallback\n"
 
     def test_environment_and_stdin_reach_the_command(self, executor: Executor) -> None:
-        result = executor.run(
-            'printf "%s|" "$GREETING"; cat', env={"GREETING": "it's $HOME"}, stdin=b"from stdin"
-        )
+        result = executor.run('printf "%s|" "$GREETING"; cat', env={"GREETING": "it's $HOME"}, stdin=b"from stdin")
         assert result.stdout == "it's $HOME|from stdin"
 
     def test_large_stdin_is_fed_without_deadlock(self, executor: Executor) -> None:
@@ -165,9 +157,7 @@ class TestContract:
         assert result.exit_code is None
         assert result.failed
 
-    def test_timeout_kills_the_whole_process_group(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_timeout_kills_the_whole_process_group(self, executor: Executor, tmp_path: Path) -> None:
         pids_file = tmp_path / "pids"
         result = executor.run(TWO_SLEEPERS.format(f=pids_file), timeout=0.5)
         pids = wait_for_pids(pids_file, 2)
@@ -177,28 +167,20 @@ class TestContract:
         assert 0.5 <= result.duration < 2.0
         assert wait_until_gone(pids) == []
 
-    def test_a_command_that_closed_its_output_still_obeys_the_timeout(
-        self, executor: Executor
-    ) -> None:
+    def test_a_command_that_closed_its_output_still_obeys_the_timeout(self, executor: Executor) -> None:
         result = executor.run("exec >/dev/null 2>&1; sleep 30", timeout=0.5)
         assert result.timed_out
         assert 0.5 <= result.duration < 2.0
 
-    def test_a_command_that_closed_its_output_still_reports_its_exit_code(
-        self, executor: Executor
-    ) -> None:
+    def test_a_command_that_closed_its_output_still_reports_its_exit_code(self, executor: Executor) -> None:
         result = executor.run("exec >/dev/null 2>&1; sleep 0.3; exit 4", timeout=10)
         assert result.exit_code == 4
 
-    def test_cancel_from_another_thread_kills_an_in_flight_command(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_cancel_from_another_thread_kills_an_in_flight_command(self, executor: Executor, tmp_path: Path) -> None:
         pids_file = tmp_path / "pids"
         results: list[CommandResult] = []
         worker = threading.Thread(
-            target=lambda: results.append(
-                executor.run(TWO_SLEEPERS.format(f=pids_file), timeout=30)
-            )
+            target=lambda: results.append(executor.run(TWO_SLEEPERS.format(f=pids_file), timeout=30))
         )
         worker.start()
         pids = wait_for_pids(pids_file, 2)
@@ -214,9 +196,7 @@ class TestContract:
         assert wait_until_gone(pids) == []
         assert executor.run("echo still usable").stdout == "still usable\n"
 
-    def test_cancel_kills_a_command_that_ignores_sigterm(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_cancel_kills_a_command_that_ignores_sigterm(self, executor: Executor, tmp_path: Path) -> None:
         pids_file = tmp_path / "pids"
         results: list[CommandResult] = []
         command = f"trap '' TERM; echo $$ > {pids_file}; while :; do sleep 0.05; done"
@@ -261,9 +241,7 @@ class TestContract:
         assert time.monotonic() - started < 3.0
         assert sorted(int(r.stdout) for r in results) == list(range(8))
 
-    def test_put_file_and_read_file_round_trip_with_mode(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_put_file_and_read_file_round_trip_with_mode(self, executor: Executor, tmp_path: Path) -> None:
         path = tmp_path / "config.json"
         path.write_text("old content that is longer than the new one")
         data = b'{"version": 2}\n\x00\xff'
@@ -275,26 +253,20 @@ class TestContract:
         assert stat.S_IMODE(path.stat().st_mode) == 0o755
         assert path.read_bytes() == b"x"
 
-    def test_read_file_refuses_a_file_over_max_bytes(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_read_file_refuses_a_file_over_max_bytes(self, executor: Executor, tmp_path: Path) -> None:
         path = tmp_path / "big"
         path.write_bytes(b"y" * 2000)
         with pytest.raises(ExecutorError, match="larger than 1000 bytes"):
             executor.read_file(str(path), max_bytes=1000)
 
-    def test_reading_a_missing_file_names_the_host_and_path(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_reading_a_missing_file_names_the_host_and_path(self, executor: Executor, tmp_path: Path) -> None:
         missing = tmp_path / "missing.yaml"
         with pytest.raises(ExecutorError) as caught:
             executor.read_file(str(missing))
         assert caught.value.host == executor.target.name
         assert str(missing) in str(caught.value)
 
-    def test_put_file_into_a_missing_directory_raises_executor_error(
-        self, executor: Executor, tmp_path: Path
-    ) -> None:
+    def test_put_file_into_a_missing_directory_raises_executor_error(self, executor: Executor, tmp_path: Path) -> None:
         with pytest.raises(ExecutorError, match="cannot write"):
             executor.put_file(b"x", str(tmp_path / "nope" / "file"))
 

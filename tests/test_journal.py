@@ -105,9 +105,7 @@ def test_record_to_dict_reencodes_to_the_exact_line(journal_path: Path) -> None:
 
 
 def test_event_dict_round_trip() -> None:
-    event = Event(
-        "step.result", wave=2, host="db-1", step="migrate", outcome="failed", data={"a": 1}
-    )
+    event = Event("step.result", wave=2, host="db-1", step="migrate", outcome="failed", data={"a": 1})
     assert event_from_dict(event_to_dict(event)) == event
     assert event_from_dict({"kind": "run.end", "seq": 9}) == Event("run.end")
     with pytest.raises(ValueError, match="wave"):
@@ -118,9 +116,7 @@ def test_non_ascii_and_undecodable_output_is_kept(journal_path: Path) -> None:
     with Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
         journal.append(start_event())
         journal.append(Event("step.result", data={"out": "ordre annulé ✓"}))
-        journal.append(
-            Event("step.result", data={"out": b"\xff".decode("utf-8", "surrogateescape")})
-        )
+        journal.append(Event("step.result", data={"out": b"\xff".decode("utf-8", "surrogateescape")}))
     records = read_journal(journal_path).records
     assert records[1].data["out"] == "ordre annulé ✓"
     assert records[2].data["out"] == "\udcff"
@@ -207,9 +203,7 @@ def test_concurrent_appends_form_one_valid_chain(journal_path: Path) -> None:
     assert monos == sorted(monos)
 
 
-def test_sync_append_is_fsynced_before_it_returns(
-    journal_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sync_append_is_fsynced_before_it_returns(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
     synced: list[int] = []
     real_fsync = os.fsync
@@ -226,9 +220,7 @@ def test_sync_append_is_fsynced_before_it_returns(
     journal.close()
 
 
-def test_write_error_raises_and_refuses_further_appends(
-    journal_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_write_error_raises_and_refuses_further_appends(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
     journal.append(start_event(), sync=True)
 
@@ -245,9 +237,7 @@ def test_write_error_raises_and_refuses_further_appends(
     assert verify_journal(journal_path).records == 1
 
 
-def test_fsync_error_raises_and_refuses_further_appends(
-    journal_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fsync_error_raises_and_refuses_further_appends(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
     journal.append(start_event())
 
@@ -371,9 +361,7 @@ def test_a_forged_prev_is_named_as_a_chain_break(journal_path: Path) -> None:
     journal_path.write_bytes(b"".join(lines))
     result = verify_journal(journal_path)
     assert result.first_bad_line == 7
-    assert result.reason == (
-        "line 7: prev does not match the hash of line 6 (edited, removed or reordered line)"
-    )
+    assert result.reason == ("line 7: prev does not match the hash of line 6 (edited, removed or reordered line)")
 
 
 @pytest.mark.parametrize("cut", [1, 2, 40, -1])
@@ -464,7 +452,7 @@ JOURNAL_HEAD: str
 
 
 def sample_journal() -> tuple[bytes, str]:
-    global JOURNAL_BYTES, JOURNAL_HEAD  # noqa: PLW0603 - built once for every example
+    global JOURNAL_BYTES, JOURNAL_HEAD
     if "JOURNAL_BYTES" not in globals():
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "journal.jsonl"
@@ -503,9 +491,7 @@ def test_reopen_sets_a_torn_line_aside_and_continues_the_chain(journal_path: Pat
     size_before_tear = journal_path.stat().st_size - len(torn)
 
     ticks = iter([50.0, 50.0, 51.0])
-    journal = Journal.reopen(
-        journal_path, run_id=RUN_ID, plan_digest=DIGEST, clock=lambda: next(ticks)
-    )
+    journal = Journal.reopen(journal_path, run_id=RUN_ID, plan_digest=DIGEST, clock=lambda: next(ticks))
     assert journal.recovered is not None
     assert journal.recovered.torn is not None
     assert journal.head == records[-1].hash
@@ -645,9 +631,7 @@ def test_lock_held_by_a_live_process_is_refused_with_its_details(
     assert "lock id" in message
 
 
-def test_lock_of_a_killed_holder_is_free_at_once(
-    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
-) -> None:
+def test_lock_of_a_killed_holder_is_free_at_once(tmp_path: Path, lock_holder_process: subprocess.Popen[str]) -> None:
     lock_holder_process.send_signal(signal.SIGKILL)
     lock_holder_process.wait()
     holder = LockHolder.current("run-after-crash")
@@ -677,9 +661,7 @@ def test_acquire_with_timeout_waits_for_the_holder_to_release(tmp_path: Path) ->
         child.wait()
 
 
-def test_acquire_with_a_short_timeout_gives_up(
-    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
-) -> None:
+def test_acquire_with_a_short_timeout_gives_up(tmp_path: Path, lock_holder_process: subprocess.Popen[str]) -> None:
     started = time.monotonic()
     with pytest.raises(LockHeld):
         EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("r"), timeout=0.2, poll=0.05)

@@ -95,3 +95,19 @@ def test_a_bad_duration_option_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--grace" in result.stderr
     assert not (tmp_path / "changed").exists()
+
+
+def test_plan_with_prechecks_runs_them_for_real_and_changes_nothing(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    plan = _plan(tmp_path)
+    plan.write_text(plan.read_text() + f"prechecks:\n  - name: ready flag\n    command: test -f {ready}\n")
+    args = [*ROLLOUT, "plan", str(plan), "--env", "prod", "--prechecks"]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 3
+    assert "pre-check 'ready flag' failed" in refused.stdout
+    ready.touch()
+    passed = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert passed.returncode == 0
+    assert "every pre-check passed on every host" in passed.stdout
+    assert not (tmp_path / "changed").exists()
+    assert not (tmp_path / "state").exists()

@@ -222,6 +222,12 @@ def plan_command(
     env: Annotated[str, typer.Option("--env", "-e", help="The environment to schedule.", show_default=False)],
     var: VarOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
+    prechecks: Annotated[
+        bool,
+        typer.Option(
+            "--prechecks", help="Also run the read-only pre-checks on every host, for real (exit 3 if any fails)."
+        ),
+    ] = False,
 ) -> None:
     """Dry run: the exact schedule a run would execute, rendered per host; changes nothing."""
     from rollout.engine.prepare import prepare_schedule
@@ -285,9 +291,34 @@ def plan_command(
     lines.append(
         "irreversible steps: " + (", ".join(irreversible) if irreversible else "none (every step has a rollback)")
     )
-    lines.append("nothing was changed (dry run)")
+    lines.append(f"not simulated: the {len(p.steps)} steps themselves (they change things); nothing was changed")
     terminal.print(_redact("\n".join(lines), secrets))
-    raise typer.Exit(0)
+    if not prechecks:
+        raise typer.Exit(0)
+    raise typer.Exit(_run_prechecks(plan, env, parse_vars(var)))
+
+
+def _run_prechecks(plan: Path, env: str, overrides: dict[str, str]) -> int:
+    """Run the pre-checks for real (with real secrets), print each verdict; 0 all pass, 3 otherwise."""
+    from rollout.cli.display import PlainDisplay
+    from rollout.engine.apply import Engine
+    from rollout.engine.events import Bus, Redactor
+    from rollout.engine.prepare import prepare_schedule
+    from rollout.planfile import load_plan
+
+    try:
+        schedule = prepare_schedule(load_plan(plan), env, overrides=overrides)
+    except RolloutError as exc:
+        fail(exc)
+    terminal.print("")
+    terminal.print("pre-checks, run for real (read-only):")
+    engine = Engine(schedule, Bus(None, [PlainDisplay(terminal.out)], Redactor(schedule.secret_values)))
+    failed = engine.run_prechecks()
+    if failed:
+        terminal.print(f"{len(failed)} pre-check(s) failed: a run would be refused (exit 3) and change nothing")
+        return int(ExitStatus.REFUSED)
+    terminal.print("every pre-check passed on every host")
+    return int(ExitStatus.SUCCESS)
 
 
 @app.command(epilog="Example:\n\n  rollout schema > plan.schema.json")

@@ -355,6 +355,13 @@ class Engine:
 
     # --- pre-checks ---------------------------------------------------------------
 
+    def run_prechecks(self) -> list[tuple[str, str, str]]:
+        """Only the read-only pre-checks, on every host (for dry runs): (host, check, why) of each failure."""
+        try:
+            return self._prechecks()
+        finally:
+            self.close()
+
     def _prechecks(self) -> list[tuple[str, str, str]]:
         hosts = list(self.schedule.hosts.values())
         if not any(h.prechecks for h in hosts):
@@ -525,7 +532,12 @@ class Engine:
             )
 
     def _host_failed(self, wave: int, host: HostPlan, cause: Cause) -> None:
-        if self._abort.is_set() and cause.kind == "step" and self._cause is not None and self._cause.kind == "interrupt":
+        if (
+            self._abort.is_set()
+            and cause.kind == "step"
+            and self._cause is not None
+            and self._cause.kind == "interrupt"
+        ):
             return  # a command killed by the operator's abort is not a new failure
         with self._state_lock:
             self._failed_hosts.append(host.name)
