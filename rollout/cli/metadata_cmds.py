@@ -202,10 +202,12 @@ def _junit_cases(report: MetadataReport, classname: str) -> list[Any]:
 
 @metadata_app.command(
     "check",
-    epilog="Examples:\n\n"
-    "  rollout metadata check release.json --schema schema.json --unique 'instruments[].symbol'\n\n"
-    "  rollout metadata check v2.json --schema schema.json --baseline v1.json --key 'instruments[].symbol' "
-    "--max-changed 10% --references 'markets[].instrument=instruments[].symbol'\n\n"
+    # \b keeps click from re-wrapping the examples, so they can be copied as they are.
+    epilog="Examples:\n\n\b\n"
+    "  rollout metadata check release.json --schema schema.json --unique 'instruments[].symbol'\n\n\b\n"
+    "  rollout metadata check v2.json --schema schema.json --baseline v1.json \\\n"
+    "      --key 'instruments[].symbol' --max-changed 10% \\\n"
+    "      --references 'markets[].instrument=instruments[].symbol'\n\n\b\n"
     "  rollout metadata check v2.json --schema schema.json --json --junit metadata.xml",
 )
 def check_command(
@@ -274,8 +276,7 @@ def check_command(
                 _check_path(option, path)
         if key is not None:
             _check_key(key)
-        document = doc
-        parsed = _read_document(document, doc_format)
+        data = _read_document(doc, doc_format)
         schema_doc = _read_document(schema, "auto")
         try:
             compiled = md.compile_schema(schema_doc)
@@ -283,7 +284,7 @@ def check_command(
             raise MetadataError(f"{schema}: {exc}") from exc
         base_doc = _read_document(baseline, doc_format) if baseline is not None else None
         if baseline is not None and key is not None:
-            _require_records(key, [(baseline, base_doc), (document, doc)])
+            _require_records(key, [(baseline, base_doc), (doc, data)])
         invariants = md.Invariants(
             unique=tuple(unique or ()),
             references=tuple(refs),
@@ -292,8 +293,8 @@ def check_command(
         )
         has_invariants = bool(unique or refs or non_empty or immutable)
         report = md.validate_document(
-            doc,
-            name=str(document),
+            data,
+            name=str(doc),
             schema=compiled,
             invariants=invariants if has_invariants else None,
             baseline=base_doc,
@@ -310,13 +311,13 @@ def check_command(
         if junit is not None:
             from rollout.cli.junit import write_junit
 
-            write_junit(junit, "rollout metadata check", _junit_cases(report, str(document)))
+            write_junit(junit, "rollout metadata check", _junit_cases(report, str(doc)))
     except RolloutError as exc:
         fail(exc)
     if as_json:
         data = {
             **report.to_dict(),
-            "file": str(document),
+            "file": str(doc),
             "schema_file": str(schema),
             "baseline_file": str(baseline) if baseline is not None else None,
         }
@@ -366,8 +367,8 @@ def diff_lines(diff: RecordDiff, limit: int) -> list[str]:
 
 @metadata_app.command(
     "diff",
-    epilog="Examples:\n\n"
-    "  rollout metadata diff v1.json v2.json --key 'instruments[].symbol'\n\n"
+    epilog="Examples:\n\n\b\n"
+    "  rollout metadata diff v1.json v2.json --key 'instruments[].symbol'\n\n\b\n"
     "  rollout metadata diff live.json release.json --key 'instruments[].symbol' --json --limit 100",
 )
 def diff_command(
