@@ -1,0 +1,68 @@
+"""`rollout report`: the incident report of a run as Markdown, JSON or HTML.
+
+Imported at start-up to register the command: the report modules are imported inside it.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rollout.cli.app import StateDirOption, app, fail, state_dir, terminal
+from rollout.errors import RolloutError, UsageError
+from rollout.runstore import find_run
+
+
+class ReportFormat(StrEnum):
+    """The report's output formats."""
+
+    md = "md"
+    json = "json"
+    html = "html"
+
+
+@app.command(
+    epilog="Examples:\n\n  rollout report last\n\n  rollout report 20261123T223012Z --format html -o incident.html",
+)
+def report(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN", help="The run id (or a unique prefix, or 'last').", show_default=False)
+    ],
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="Output format.")] = ReportFormat.md,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.", show_default=False)
+    ] = None,
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """Incident report: summary, impact window, timeline, first failure, rollback, evidence."""
+    from rollout.report.incident import load_report, render_json, render_markdown
+
+    try:
+        rundir = find_run(state_dir(state_dir_opt), run_id)
+        built = load_report(rundir)
+    except RolloutError as exc:
+        fail(exc)
+    if fmt is ReportFormat.html:
+        from rollout.report.html import render_html
+
+        text = render_html(built)
+    elif fmt is ReportFormat.json:
+        text = render_json(built)
+    else:
+        text = render_markdown(built)
+    if output is None:
+        terminal.out.file.write(text)
+        terminal.out.file.flush()
+        return
+    try:
+        # reports quote command output: keep them as private as the journal they come from
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        fail(UsageError(f"cannot write {output}: {exc.strerror or exc}"))
+    terminal.error(f"wrote {output}")
