@@ -388,3 +388,10 @@ def test_a_real_process_checks_and_exits_with_the_ci_contract(tmp_path: Path) ->
     assert good.returncode == 0, good.stdout + good.stderr
     assert bad.returncode == 3, bad.stdout + bad.stderr
     assert json.loads(bad.stdout)["violations"][0]["path"] == "$.markets[0].instrument"
+
+
+def test_diff_names_records_with_numeric_keys_by_field_so_they_do_not_read_as_indexes(cli: Cli) -> None:
+    result = cli("metadata", "diff", str(V1), str(V2), "--key", "$.instruments[].id")
+
+    assert result.code == 0
+    assert "  ~ instruments[id=2].tick_size: 0.01 -> 0.05" in result.out.splitlines()

@@ -335,24 +335,29 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _record_name(key: Any) -> str:
-    return key if isinstance(key, str) else json.dumps(key, ensure_ascii=False)
+def _record_name(key: Any, field: str) -> str:
+    # A bare number would read as a list index: `instruments[2]`; say which field it is.
+    return key if isinstance(key, str) else f"{field}={json.dumps(key, ensure_ascii=False)}"
 
 
 def diff_lines(diff: RecordDiff, limit: int) -> list[str]:
     """Added and removed records and field-level changes, each list capped at `limit`."""
-    collection = diff.key.partition("[]")[0]
+    collection, _, field = diff.key.removeprefix("$.").partition("[].")
+
+    def name(key: Any) -> str:
+        return f"{collection}[{_record_name(key, field)}]"
+
     lines = [f"added ({len(diff.added)}):"]
-    lines += [f"  + {collection}[{_record_name(r.key)}] at {r.path}" for r in diff.added[:limit]]
+    lines += [f"  + {name(r.key)} at {r.path}" for r in diff.added[:limit]]
     if len(diff.added) > limit:
         lines.append(f"  ... {len(diff.added) - limit} more added records (raise --limit to see them)")
     lines.append(f"removed ({len(diff.removed)}):")
-    lines += [f"  - {collection}[{_record_name(r.key)}] (was {r.path})" for r in diff.removed[:limit]]
+    lines += [f"  - {name(r.key)} (was {r.path})" for r in diff.removed[:limit]]
     if len(diff.removed) > limit:
         lines.append(f"  ... {len(diff.removed) - limit} more removed records (raise --limit to see them)")
     lines.append(f"changed ({len(diff.changed)}):")
     for change in diff.changed[:limit]:
-        record = f"{collection}[{_record_name(change.key)}]"
+        record = name(change.key)
         for f in change.fields:
             where = record if f.field == "." else f"{record}.{f.field}"
             before = "(absent)" if f.kind == "added" else _show(f.old)
