@@ -180,7 +180,7 @@ def test_plan_shows_waves_hosts_rendered_commands_and_irreversible_steps(cli: Cl
     assert "rollback: uninstall --host c" in out
     assert "rollback: NONE (irreversible)" in out
     assert "irreversible steps: migrate" in out
-    assert "nothing was changed (dry run)" in out
+    assert "not simulated: the 2 steps themselves (they change things); nothing was changed" in out
     assert "s3cr3t-value" not in out
     digest = cli("validate", str(plan), "--json").json()["plans"][0]["digest"]
     assert f"digest {digest}" in out
