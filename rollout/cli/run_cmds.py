@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from rollout.engine.prepare import Schedule
     from rollout.model import FreezeWindow
     from rollout.planfile import LoadedPlan
+    from rollout.report.notify import Notifier
+
+NOTIFY_FLUSH_TIMEOUT = 5.0
 
 # Commands are registered at start-up (`rollout --help` lists them), so this module
 # imports only light modules at the top; the engine, pydantic models and rich.live are
@@ -194,7 +197,7 @@ def execute(
         journal = Journal.create(run.journal, run_id=schedule.run_id, plan_digest=loaded.digest)
         display = _display(schedule)
         bus = Bus(JournalSink(journal), [display], Redactor(schedule.secret_values))
-        _add_notifier(bus, schedule, run)
+        notifier = _add_notifier(bus, schedule, run)
         engine = Engine(schedule, bus, grace=grace)
 
         def on_signal(name: str) -> None:
@@ -204,6 +207,8 @@ def execute(
             with _signals(on_signal):
                 result = engine.run()
         finally:
+            if notifier is not None:  # bounded: a hanging status page must not hold the run
+                notifier.close(timeout=NOTIFY_FLUSH_TIMEOUT)
             display.close()
             journal.close()
         _write_report(run)
@@ -213,14 +218,16 @@ def execute(
         lock.release()
 
 
-def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir) -> None:
+def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir) -> Notifier | None:
     if not schedule.notify:
-        return
+        return None
     try:
         from rollout.report.notify import Notifier
     except ImportError:
-        return
-    bus.add(Notifier(schedule, bus))
+        return None
+    notifier = Notifier(schedule, bus)
+    bus.add(notifier)
+    return notifier
 
 
 @app.command(
