@@ -283,9 +283,7 @@ def _timeline(records: Sequence[Record], markers: Mapping[int, str]) -> list[Tim
     phase = "pre-checks"
     entries: list[TimelineEntry] = []
     for r in records:
-        if r.kind in (EventKind.WAVE_START, EventKind.GUARDS_START) or (
-            r.kind == EventKind.BAKE_END and phase == "bake"
-        ):
+        if r.kind in (EventKind.WAVE_START, EventKind.GUARDS_START):
             phase = "waves"
         elif r.kind == EventKind.BAKE_START:
             phase = "bake"
