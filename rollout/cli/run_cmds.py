@@ -175,6 +175,8 @@ def execute(
     overrides: dict[str, str],
 ) -> int:
     """Lock, create the run directory and journal, run the engine, report; return the exit code."""
+    from dataclasses import replace
+
     from rollout.engine.apply import Engine
     from rollout.engine.events import Bus, Redactor
 
@@ -196,7 +198,8 @@ def execute(
         )
         journal = Journal.create(run.journal, run_id=schedule.run_id, plan_digest=loaded.digest)
         display = _display(schedule)
-        bus = Bus(JournalSink(journal), [display], Redactor(schedule.secret_values))
+        redactor = Redactor(schedule.secret_values)
+        bus = Bus(JournalSink(journal), [display], redactor)
         notifier = _add_notifier(bus, schedule, run)
         engine = Engine(schedule, bus, grace=grace)
 
@@ -212,6 +215,13 @@ def execute(
             display.close()
             journal.close()
         _write_report(run)
+        if redactor:  # the result's summaries quote command output, which can hold a secret
+            result = replace(
+                result,
+                cause=replace(result.cause, summary=redactor.text(result.cause.summary)) if result.cause else None,
+                failed_prechecks=tuple((h, c, redactor.text(m)) for h, c, m in result.failed_prechecks),
+                rollback_failures=tuple(replace(f, summary=redactor.text(f.summary)) for f in result.rollback_failures),
+            )
         _print_result(result, run, schedule)
         return int(result.exit_status)
     finally:
