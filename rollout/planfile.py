@@ -733,13 +733,11 @@ def host_variables(
             raw[name] = resolved
             origin[name] = (*base, name)
             if secret:
+                # once declared secret, a name stays secret whatever layer overrides its value
                 secrets.add(name)
-            else:
-                secrets.discard(name)
     for name, value in (overrides or {}).items():
         raw[name] = value
         origin[name] = ()
-        secrets.discard(name)
     builtins: dict[str, Any] = {
         "env": env_name,
         "run_id": run_id,
