@@ -607,9 +607,14 @@ def translate_validation_error(exc: ValidationError, source: SourceMap, fallback
 
 
 def plan_digest(documents: Sequence[tuple[str, Any]]) -> str:
-    """sha256 over the canonical form of the plan and every include, in load order."""
+    """sha256 over the canonical form of the plan and every include, in load order.
+
+    The main plan's own file name is left out, so a byte-identical copy under another
+    name (the one kept in the run directory, say) has the same digest; includes keep
+    their relative names, which are part of the plan's meaning.
+    """
     canonical = json.dumps(
-        [{"file": name, "data": data} for name, data in documents],
+        [{"file": name if i else "<plan>", "data": data} for i, (name, data) in enumerate(documents)],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -264,3 +264,13 @@ def test_plan_shaped_structures_load_or_are_a_plan_error(
         "strategy": strategy,
     }
     _load_or_plan_error(scratch, yaml.safe_dump(data))
+
+
+def test_digest_does_not_depend_on_the_main_file_name(tmp_path: Path) -> None:
+    original = tmp_path / "release.yaml"
+    original.write_text(
+        "name: p\nenvironments:\n  e:\n    hosts: { h: {} }\nsteps:\n  - { name: s, run: 'true', rollback: none }\n"
+    )
+    copy = tmp_path / "release-copy-from-the-run-directory.yaml"
+    copy.write_bytes(original.read_bytes())
+    assert load_plan(original).digest == load_plan(copy).digest

@@ -23,8 +23,8 @@ from rollout.runstore import RunDir, create_run_dir, find_run, list_runs, new_ru
 
 if TYPE_CHECKING:
     from rollout.cli.display import LiveDisplay, PlainDisplay
-    from rollout.engine.apply import RunResult
-    from rollout.engine.events import Bus
+    from rollout.engine.apply import Engine, RunResult
+    from rollout.engine.events import Bus, Redactor
     from rollout.engine.prepare import Schedule
     from rollout.model import FreezeWindow
     from rollout.planfile import LoadedPlan
@@ -103,8 +103,11 @@ def _display(schedule: Schedule) -> LiveDisplay | PlainDisplay:
     return PlainDisplay(terminal.out)
 
 
-def _print_result(result: RunResult, run: RunDir, schedule: Schedule) -> None:
-    out = terminal.print
+def _print_result(result: RunResult, run: RunDir, schedule: Schedule, redactor: Redactor) -> None:
+    def out(text: str) -> None:
+        # summaries quote command output, which can hold a secret
+        terminal.print(redactor.text(text))
+
     out("")
     cause = result.cause
     if result.outcome == Outcome.SUCCEEDED:
@@ -175,14 +178,10 @@ def execute(
     overrides: dict[str, str],
 ) -> int:
     """Lock, create the run directory and journal, run the engine, report; return the exit code."""
-    from dataclasses import replace
-
-    from rollout.engine.apply import Engine
-    from rollout.engine.events import Bus, Redactor
-
     lock = EnvironmentLock(state, schedule.env_name)
     lock.acquire(LockHolder.current(schedule.run_id), timeout=lock_timeout)
     try:
+        secret_names = sorted({n for h in schedule.hosts.values() for n in h.variables.secrets if n in overrides})
         run = create_run_dir(
             state,
             schedule.run_id,
@@ -192,40 +191,51 @@ def execute(
                 "run_id": schedule.run_id,
                 "plan_file": str(loaded.path.resolve()),
                 "environment": schedule.env_name,
-                "vars": overrides,
+                # recover re-renders the plan with these; secret ones must be given again
+                "vars": {k: ("***" if k in secret_names else v) for k, v in overrides.items()},
+                "redacted_vars": secret_names,
                 "plan_digest": loaded.digest,
             },
         )
         journal = Journal.create(run.journal, run_id=schedule.run_id, plan_digest=loaded.digest)
-        display = _display(schedule)
-        redactor = Redactor(schedule.secret_values)
-        bus = Bus(JournalSink(journal), [display], redactor)
-        notifier = _add_notifier(bus, schedule, run)
-        engine = Engine(schedule, bus, grace=grace)
-
-        def on_signal(name: str) -> None:
-            display.note(engine.interrupt(name))
-
-        try:
-            with _signals(on_signal):
-                result = engine.run()
-        finally:
-            if notifier is not None:  # bounded: a hanging status page must not hold the run
-                notifier.close(timeout=NOTIFY_FLUSH_TIMEOUT)
-            display.close()
-            journal.close()
-        _write_report(run)
-        if redactor:  # the result's summaries quote command output, which can hold a secret
-            result = replace(
-                result,
-                cause=replace(result.cause, summary=redactor.text(result.cause.summary)) if result.cause else None,
-                failed_prechecks=tuple((h, c, redactor.text(m)) for h, c, m in result.failed_prechecks),
-                rollback_failures=tuple(replace(f, summary=redactor.text(f.summary)) for f in result.rollback_failures),
-            )
-        _print_result(result, run, schedule)
-        return int(result.exit_status)
+        return _drive(schedule, journal, run, display=_display(schedule), grace=grace, action=lambda e: e.run())
     finally:
         lock.release()
+
+
+def _drive(
+    schedule: Schedule,
+    journal: Journal,
+    run: RunDir,
+    *,
+    display: LiveDisplay | PlainDisplay,
+    grace: float,
+    action: Callable[[Engine], RunResult],
+) -> int:
+    """Wire journal, display and notifier to an engine, run `action`, then report; the exit code."""
+    from rollout.engine.apply import Engine, RunResult
+    from rollout.engine.events import Bus, Redactor
+
+    redactor = Redactor(schedule.secret_values)
+    bus = Bus(JournalSink(journal), [display], redactor)
+    notifier = _add_notifier(bus, schedule, run)
+    engine = Engine(schedule, bus, grace=grace)
+    try:
+        with _signals(lambda name: display.note(engine.interrupt(name))):
+            try:
+                result = action(engine)
+            finally:
+                engine.close()
+    except JournalError as exc:
+        result = RunResult(Outcome.JOURNAL_FAILED, journal_error=str(exc))
+    finally:
+        if notifier is not None:  # bounded: a hanging status page must not hold the run
+            notifier.close(timeout=NOTIFY_FLUSH_TIMEOUT)
+        display.close()
+        journal.close()
+    _write_report(run)
+    _print_result(result, run, schedule, redactor)
+    return int(result.exit_status)
 
 
 def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir) -> Notifier | None:
@@ -309,6 +319,7 @@ def recover(
         str, typer.Argument(metavar="RUN", help="The run id (or a unique prefix, or 'last').", show_default=False)
     ],
     plan: Annotated[Path | None, typer.Option("--plan", help="The original plan file, if it moved or changed.")] = None,
+    var: VarOption = None,
     lock_timeout: Annotated[
         str, typer.Option("--lock-timeout", help="Wait this long for the environment lock.")
     ] = "0s",
@@ -316,13 +327,12 @@ def recover(
 ) -> None:
     """Finish what a dead run left: settle in-doubt steps with verify, roll back everything applied."""
     from rollout.cli.display import PlainDisplay
-    from rollout.engine.apply import Engine, RunResult
-    from rollout.engine.events import Bus, Redactor
     from rollout.engine.prepare import prepare_schedule
     from rollout.engine.recover import recover_run
     from rollout.planfile import load_plan
 
     state = state_dir(state_dir_opt)
+    lock_wait = _duration_option(lock_timeout, "--lock-timeout")
     try:
         rundir = find_run(state, run_id)
         meta = rundir.meta()
@@ -341,37 +351,37 @@ def recover(
                 f"{plan_path}: the plan's digest {loaded.digest[:12]} does not match the run's {digest[:12]}: "
                 "the plan changed since the run started; pass --plan with the original plan file"
             )
+        overrides = {**(meta.get("vars") or {}), **parse_vars(var)}
+        missing = [n for n in meta.get("redacted_vars", []) if overrides.get(n) == "***"]
+        if missing:
+            raise UsageError(
+                f"run {rundir.run_id} was started with secret --var {', '.join(missing)}; its value is not stored: "
+                f"pass it again (--var {missing[0]}=...)"
+            )
         env_name = str(meta["environment"])
-        schedule = prepare_schedule(loaded, env_name, overrides=meta.get("vars") or {}, run_id=rundir.run_id)
+        schedule = prepare_schedule(loaded, env_name, overrides=overrides, run_id=rundir.run_id)
         lock = EnvironmentLock(state, env_name)
-        lock.acquire(LockHolder.current(rundir.run_id), timeout=_duration_option(lock_timeout, "--lock-timeout"))
+        lock.acquire(LockHolder.current(rundir.run_id), timeout=lock_wait)
         try:
             journal = Journal.reopen(rundir.journal, run_id=rundir.run_id, plan_digest=digest)
             if journal.recovered is not None and journal.recovered.torn is not None:
                 terminal.error(
                     f"warning: the journal's last line was torn and was set aside in {rundir.journal}.broken"
                 )
-            display = PlainDisplay(terminal.out)
-            bus = Bus(JournalSink(journal), [display], Redactor(schedule.secret_values))
-            engine = Engine(schedule, bus)
             events = [r.event for r in (journal.recovered.records if journal.recovered else reading.records)]
-            try:
-                with _signals(lambda name: display.note(engine.interrupt(name))):
-                    try:
-                        result = recover_run(engine, events, operator=engine.operator)
-                    finally:
-                        engine.close()
-            except JournalError as exc:
-                result = RunResult(Outcome.JOURNAL_FAILED, journal_error=str(exc))
-            finally:
-                journal.close()
+            code = _drive(
+                schedule,
+                journal,
+                rundir,
+                display=PlainDisplay(terminal.out),
+                grace=10.0,
+                action=lambda engine: recover_run(engine, events, operator=engine.operator),
+            )
         finally:
             lock.release()
     except RolloutError as exc:
         fail(exc)
-    _write_report(rundir)
-    _print_result(result, rundir, schedule)
-    raise typer.Exit(int(result.exit_status))
+    raise typer.Exit(code)
 
 
 def _run_summary(rundir: RunDir) -> dict[str, Any]:

@@ -139,6 +139,7 @@ class Engine:
         self._abort = threading.Event()
         self._stop_probes = threading.Event()
         self._cause: Cause | None = None
+        self._abort_journaled = False
         self._cause_lock = threading.Lock()
         self._interrupts = 0
         self._rolling_back = False
@@ -416,6 +417,11 @@ class Engine:
             _, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
             if self._abort.is_set() and not self._rolling_back and grace_deadline is None:
                 grace_deadline = time.monotonic() + self.grace
+                if pending:
+                    # Journal the abort now, not when in-flight work finishes: the evidence
+                    # must show when the decision was taken. (Never from a signal handler:
+                    # the bus lock is not reentrant; this loop runs on the main thread.)
+                    self._journal_abort(in_flight=len(pending))
             if grace_deadline is not None and not cancelled and time.monotonic() >= grace_deadline:
                 cancelled = True
                 self._cancel_all()
@@ -598,13 +604,23 @@ class Engine:
 
     # --- rollback -----------------------------------------------------------------
 
+    def _journal_abort(self, *, in_flight: int = 0) -> None:
+        """Journal the abort once, with its cause."""
+        with self._cause_lock:
+            if self._abort_journaled:
+                return
+            self._abort_journaled = True
+        cause = self._cause or Cause("unknown", "aborted")
+        data: dict[str, Any] = {"cause": cause.to_dict()}
+        if in_flight:
+            data["in_flight"] = in_flight
+            data["grace"] = format_duration(self.grace)
+        self._emit(Event(EventKind.ABORT, host=cause.host, step=cause.step, data=data), sync=True)
+
     def _abort_and_roll_back(self) -> RunResult:
         cause = self._cause or Cause("unknown", "aborted")
         plan = {h: [a.step.name for a in reversed(stack)] for h, stack in self._applied.items() if stack}
-        self._emit(
-            Event(EventKind.ABORT, host=cause.host, step=cause.step, data={"cause": cause.to_dict()}),
-            sync=True,
-        )
+        self._journal_abort()
         return self.roll_back(cause, interrupted=cause.kind == "interrupt", plan=plan)
 
     def roll_back(
