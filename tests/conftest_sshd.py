@@ -156,14 +156,13 @@ def start_sshd(workdir: Path, host: str = "127.0.0.1") -> SshdServer:
                 ]
             )
         )
-        log = open(workdir / "sshd.log", "ab")
-        process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
+        with (workdir / "sshd.log").open("ab") as log:
+            process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         if _wait_for_port(host, port, process, timeout=10.0):
             known_hosts = workdir / "known_hosts"
             write_known_hosts(known_hosts, host, port, host_pub)

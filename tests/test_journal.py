@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import errno
 import json
 import os
@@ -447,18 +449,12 @@ def test_missing_or_empty_journal_is_not_ok(tmp_path: Path) -> None:
     assert empty.reason == "journal is empty (no run.start)"
 
 
-JOURNAL_BYTES: bytes
-JOURNAL_HEAD: str
-
-
+@functools.cache
 def sample_journal() -> tuple[bytes, str]:
-    global JOURNAL_BYTES, JOURNAL_HEAD
-    if "JOURNAL_BYTES" not in globals():
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "journal.jsonl"
-            JOURNAL_HEAD = write_journal(path, lines=5)[-1].hash
-            JOURNAL_BYTES = path.read_bytes()
-    return JOURNAL_BYTES, JOURNAL_HEAD
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "journal.jsonl"
+        head = write_journal(path, lines=5)[-1].hash
+        return path.read_bytes(), head
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
