@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-
 import errno
+import functools
 import json
 import os
 import signal
