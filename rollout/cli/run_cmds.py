@@ -402,8 +402,9 @@ def _run_summary(rundir: RunDir) -> dict[str, Any]:
         return entry
     first, last = reading.records[0], reading.records[-1]
     entry.update(plan=first.data.get("plan"), env=first.data.get("environment"), start=first.ts)
-    entry["duration"] = round(last.mono - first.mono, 3)
     end = next((r for r in reversed(reading.records) if r.kind == "run.end"), None)
+    # status deliveries may be journaled after run.end; they are not part of the run's duration
+    entry["duration"] = round((end or last).mono - first.mono, 3)
     entry["outcome"] = end.outcome if end else "in progress or died (see `rollout recover`)"
     return entry
 
