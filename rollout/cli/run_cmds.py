@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rollout.report.notify import Notifier
 
 NOTIFY_FLUSH_TIMEOUT = 5.0
+FOLLOW_SETTLE = 1.0
 
 # Commands are registered at start-up (`rollout --help` lists them), so this module
 # imports only light modules at the top; the engine, pydantic models and rich.live are
@@ -454,13 +455,17 @@ def timeline(
     try:
         rundir = find_run(state_dir(state_dir_opt), run_id)
         shown = 0
+        quiet_since = time.monotonic()
         while True:
             reading = read_journal(rundir.journal)
             for record in reading.records[shown:]:
                 terminal.print(json.dumps(record.to_dict()) if as_json else _timeline_line(record))
+            if len(reading.records) > shown:
+                quiet_since = time.monotonic()
             shown = len(reading.records)
             ended = any(r.kind == "run.end" for r in reading.records)
-            if not follow or ended:
+            # after run.end, status deliveries still land for up to the notifier's flush bound
+            if not follow or (ended and time.monotonic() - quiet_since > FOLLOW_SETTLE):
                 break
             time.sleep(0.2)
         if reading.torn is not None:
