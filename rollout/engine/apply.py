@@ -266,26 +266,9 @@ class Engine:
                 ),
                 sync=True,
             )
-            self._emit(
-                Event(
-                    EventKind.RUN_END,
-                    outcome=Outcome.REFUSED,
-                    data={"cause": cause.to_dict(), "changed": False},
-                ),
-                sync=True,
-            )
-            return RunResult(Outcome.REFUSED, cause=cause, failed_prechecks=tuple(failed))
+            return self._end_unchanged(Outcome.REFUSED, cause, failed_prechecks=tuple(failed))
         if self._abort.is_set():  # interrupted during pre-checks: nothing changed
-            cause = self._cause or Cause("interrupt", "interrupted")
-            self._emit(
-                Event(
-                    EventKind.RUN_END,
-                    outcome=Outcome.INTERRUPTED,
-                    data={"cause": cause.to_dict(), "changed": False},
-                ),
-                sync=True,
-            )
-            return RunResult(Outcome.INTERRUPTED, cause=cause)
+            return self._end_unchanged(Outcome.INTERRUPTED, self._cause or Cause("interrupt", "interrupted"))
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
         self.guards.start()
         for wave in s.waves:
@@ -332,6 +315,15 @@ class Engine:
                 remaining=dict(self._host_remaining),
             )
         return self._abort_and_roll_back()
+
+    def _end_unchanged(
+        self, outcome: str, cause: Cause, *, failed_prechecks: tuple[tuple[str, str, str], ...] = ()
+    ) -> RunResult:
+        """End a run that changed nothing on any host."""
+        self._emit(
+            Event(EventKind.RUN_END, outcome=outcome, data={"cause": cause.to_dict(), "changed": False}), sync=True
+        )
+        return RunResult(outcome, cause=cause, failed_prechecks=failed_prechecks)
 
     def _run_start_data(self) -> dict[str, Any]:
         s = self.schedule
