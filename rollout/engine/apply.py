@@ -159,6 +159,7 @@ class Engine:
             bus,
             on_trip=self._guard_tripped,
             on_fatal=self._journal_failed,
+            clock=clock,
         )
         timeouts = [g.every * g.fail_after * 4 for gs in guards.values() for g in gs]
         self.recovery_timeout = recovery_timeout or max([RECOVERY_TIMEOUT_MIN, *timeouts])
