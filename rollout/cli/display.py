@@ -29,7 +29,8 @@ class PlainDisplay:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._lock = threading.Lock()
+        # Reentrant: note() is called from a signal handler on the thread that may be printing.
+        self._lock = threading.RLock()
 
     def emit(self, event: Event, *, sync: bool) -> None:
         """Print the event as a timestamped line."""
@@ -76,7 +77,8 @@ class LiveDisplay:
         self.status = ""
         self.recent: deque[str] = deque(maxlen=6)
         self.started = time.monotonic()
-        self._lock = threading.Lock()
+        # Reentrant: note() is called from a signal handler on the thread that may be printing.
+        self._lock = threading.RLock()
         # Live re-renders this object on every refresh, so the elapsed time keeps ticking.
         self._live = Live(self, console=console, refresh_per_second=8, transient=False)
         self._live.start()

@@ -135,12 +135,14 @@ class Engine:
         self.grace = grace
         self.operator = operator or _operator()
         self._executors: dict[str, Executor] = {}
-        self._executors_lock = threading.Lock()
+        # Reentrant: interrupt() runs in a signal handler on the main thread, which may hold them.
+        self._executors_lock = threading.RLock()
         self._abort = threading.Event()
         self._stop_probes = threading.Event()
         self._cause: Cause | None = None
         self._abort_journaled = False
-        self._cause_lock = threading.Lock()
+        self._cause_lock = threading.RLock()
+        self._kill_now = threading.Event()
         self._interrupts = 0
         self._rolling_back = False
         self._fatal: JournalError | None = None
@@ -230,7 +232,8 @@ class Engine:
         if self._interrupts == 1:
             self.abort(Cause("interrupt", f"interrupted by the operator ({signal_name})"))
             return f"stopping: in-flight commands get {format_duration(self.grace)}, then everything applied is rolled back"
-        self._cancel_all()
+        # The main thread's wait loop does the killing: no I/O in a signal handler.
+        self._kill_now.set()
         return "killing in-flight commands; then rolling back"
 
     # --- the run ------------------------------------------------------------------
@@ -415,8 +418,13 @@ class Engine:
                     # must show when the decision was taken. (Never from a signal handler:
                     # the bus lock is not reentrant; this loop runs on the main thread.)
                     self._journal_abort(in_flight=len(pending))
-            if grace_deadline is not None and not cancelled and time.monotonic() >= grace_deadline:
+            if (
+                not cancelled
+                and not self._rolling_back
+                and (self._kill_now.is_set() or (grace_deadline is not None and time.monotonic() >= grace_deadline))
+            ):
                 cancelled = True
+                self._kill_now.clear()
                 self._cancel_all()
 
     # --- waves --------------------------------------------------------------------
