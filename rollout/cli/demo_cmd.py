@@ -159,6 +159,7 @@ def demo(
                 line += f" (guard tripped {detect:.2f} s after the first failed probe)"
         say(line)
     say(f"  runs are in {state}/runs: `rollout runs`, `rollout timeline last`, `rollout report RUN --format html`")
+    say(f"  the status-page documents sent during the runs: {root / 'status.jsonl'}")
     if keep:
         say(f"  the toy exchange is still running: python {FLEET.relative_to(REPO)} stop --root {root}")
     say(f"  finished {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
