@@ -12,7 +12,7 @@ import pytest
 from rollout.engine.apply import Engine, RunResult
 from rollout.engine.events import Bus, ListSink
 from rollout.engine.prepare import compute_waves, prepare_schedule
-from rollout.errors import ExitStatus
+from rollout.errors import ConnectError, ExitStatus
 from rollout.event import EventKind, Outcome
 from rollout.executors.base import CommandResult, Executor, Target
 from rollout.model import Percent
@@ -24,6 +24,7 @@ class FakeHost:
 
     def __init__(self, failing: set[tuple[str, str]] | None = None) -> None:
         self.failing = failing or set()  # (host, command) pairs that exit 1
+        self.unreachable: set[tuple[str, str]] = set()  # (host, command) pairs that cannot connect
         self.log: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.blocking = threading.Event()  # set once a `block` command is running
@@ -53,6 +54,8 @@ class FakeExecutor:
             self.fleet.blocking.set()
             cancelled = self._cancelled.wait(timeout or 30)
             return CommandResult(self.target.name, command, None, "", "", 0.0, cancelled=cancelled)
+        if (self.target.name, command) in self.fleet.unreachable:
+            raise ConnectError("connection refused", host=self.target.name)
         code = 1 if (self.target.name, command) in self.fleet.failing else 0
         return CommandResult(self.target.name, command, code, "", "boom" if code else "", 0.0)
 
@@ -251,3 +254,17 @@ def test_a_first_interrupt_stops_new_work_and_a_second_kills_in_flight_commands(
     assert ("h1", "do-never") not in fleet.log
     assert _rollbacks(fleet.log, "h1") == ["undo-slow", "undo-a"]
     assert result.failed_hosts == ()  # a command the operator killed is not a host failure
+
+
+def test_a_step_that_could_not_reach_its_host_is_not_rolled_back(tmp_path: Path) -> None:
+    fleet = FakeHost()
+    fleet.unreachable.add(("h2", "do-b"))
+    engine, fleet, sink = _engine(tmp_path, THREE_STEPS, hosts=2, fleet=fleet)
+    result = engine.run()
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert result.cause is not None
+    assert result.cause.kind == "connect"
+    rollbacks = [cmd for host, cmd in fleet.log if host == "h2" and cmd.startswith("undo")]
+    assert rollbacks == ["undo-a"]  # b never started on h2, so only a is undone there
+    not_started = [e for e in sink.events if e.kind == EventKind.STEP_RESULT and e.outcome == "not_started"]
+    assert [(e.host, e.step) for e in not_started] == [("h2", "b")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -105,4 +106,22 @@ def test_a_changed_host_key_refuses_the_run(
     plan = _plan(tmp_path, sshd, known_hosts=wrong_known_hosts)
     assert _run(plan, tmp_path / "state") == 3
     assert "CHANGED" in capsys.readouterr().out
+    assert list((tmp_path / "remote").iterdir()) == []
+
+
+def test_an_unreachable_host_refuses_the_run_before_any_host_changes(
+    tmp_path: Path, sshd: SshdServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = _plan(tmp_path, sshd, known_hosts=sshd.known_hosts)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    text = plan.read_text().replace(
+        "node-b: { address: 127.0.0.1, vars: { name: b } }",
+        f"node-b: {{ address: 127.0.0.1, port: {closed}, vars: {{ name: b }} }}",
+    )
+    plan.write_text(text)
+    assert _run(plan, tmp_path / "state") == 3
+    out = capsys.readouterr().out
+    assert "node-b: pre-check 'ssh connection' failed" in out
     assert list((tmp_path / "remote").iterdir()) == []

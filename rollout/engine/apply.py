@@ -27,13 +27,14 @@ from rollout.engine.events import Bus
 from rollout.engine.guards import GuardMonitor
 from rollout.engine.prepare import HostPlan, Schedule
 from rollout.engine.probe import CheckRunner
-from rollout.errors import ExecutorError, ExitStatus, JournalError
+from rollout.errors import ConnectError, ExecutorError, ExitStatus, JournalError
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors import open_executor
 from rollout.executors.base import CommandResult, Executor, Target
 from rollout.model import Guard, Step, format_duration
 
 OUTPUT_EXCERPT = 2000
+SSH_CHECK = "ssh connection"
 RECOVERY_TIMEOUT_MIN = 10.0
 
 EXIT_FOR_OUTCOME = {
@@ -148,6 +149,7 @@ class Engine:
         self._fatal: JournalError | None = None
         self._applied: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
         self._failed_hosts: list[str] = []
+        self._unreachable: dict[str, str] = {}
         self._host_rollbacks: list[tuple[str, str]] = []
         self._host_rollback_failures: list[RollbackFailure] = []
         self._host_remaining: dict[str, tuple[str, ...]] = {}
@@ -361,12 +363,16 @@ class Engine:
 
     def _prechecks(self) -> list[tuple[str, str, str]]:
         hosts = list(self.schedule.hosts.values())
-        if not any(h.prechecks for h in hosts):
+        if not any(h.prechecks or h.target.connection == "ssh" for h in hosts):
             return []
         failed: list[tuple[str, str, str]] = []
         lock = threading.Lock()
 
         def check_host(host: HostPlan) -> None:
+            if host.target.connection == "ssh" and not self._reachable(host):
+                with lock:
+                    failed.append((host.name, SSH_CHECK, self._unreachable[host.name]))
+                return
             for check in host.prechecks:
                 if self._abort.is_set():
                     return
@@ -387,6 +393,22 @@ class Engine:
         order = {h.name: i for i, h in enumerate(hosts)}
         failed.sort(key=lambda f: order[f[0]])
         return failed
+
+    def _reachable(self, host: HostPlan) -> bool:
+        """Connect (host key checked) and run `true`: nothing may change on a fleet we cannot fully reach."""
+        result = self._execute(self.executor(host.name), "true", host.target.connect_timeout + 5.0)
+        summary = "connected" if result.ok else (result.stderr.strip() or f"`true` exited {result.exit_code}")
+        self._emit(
+            Event(
+                EventKind.PRECHECK,
+                host=host.name,
+                outcome="ok" if result.ok else "failed",
+                data={"check": SSH_CHECK, "ok": result.ok, "summary": summary, "elapsed": round(result.duration, 3)},
+            )
+        )
+        if not result.ok:
+            self._unreachable[host.name] = summary
+        return result.ok
 
     def _parallel(self, fn: Callable[[HostPlan], None], hosts: Iterable[HostPlan], limit: int | None = None) -> None:
         """Run fn over hosts in threads; re-raise the first JournalError."""
@@ -467,7 +489,12 @@ class Engine:
             with self._state_lock:
                 if applied not in self._applied[host.name]:
                     self._applied[host.name].append(applied)
-            result = self._execute(ex, step.run, step.timeout)
+            try:
+                result = ex.run(step.run, timeout=step.timeout)
+            except ConnectError as exc:
+                return self._not_started(wave, host, applied, exc)
+            except ExecutorError as exc:  # reached the host: the command may have started
+                result = CommandResult(host.name, step.run, None, "", str(exc), 0.0)
             self._emit(
                 Event(
                     EventKind.STEP_RESULT,
@@ -524,6 +551,29 @@ class Engine:
                     detail=dict(verdict.observed),
                 )
         return None
+
+    def _not_started(self, wave: int, host: HostPlan, applied: AppliedStep, exc: ConnectError) -> Cause:
+        """The host could not be reached: the step never started, so there is nothing to roll back."""
+        with self._state_lock:
+            if applied in self._applied[host.name]:
+                self._applied[host.name].remove(applied)
+        self._emit(
+            Event(
+                EventKind.STEP_RESULT,
+                wave=wave,
+                host=host.name,
+                step=applied.step.name,
+                outcome="not_started",
+                data={"error": str(exc), "stderr": str(exc), "exit_code": None, "duration": 0.0},
+            ),
+            sync=True,
+        )
+        return Cause(
+            "connect",
+            f"cannot reach {host.name} to run step '{applied.step.name}': {exc}",
+            host=host.name,
+            step=applied.step.name,
+        )
 
     def _execute(self, ex: Executor, command: str, timeout: float) -> CommandResult:
         try:

@@ -48,7 +48,10 @@ def state_from_events(events: Sequence[Event], schedule: Schedule) -> JournalSta
                     stacks[event.host].append(item)
             item.state = "in_doubt"
         elif event.kind == EventKind.STEP_RESULT and key in index:
-            index[key].state = "applied" if event.outcome == "ok" else "failed"
+            if event.outcome == "not_started":  # the host was never reached
+                stacks[event.host].remove(index.pop(key))
+            else:
+                index[key].state = "applied" if event.outcome == "ok" else "failed"
         elif event.kind == EventKind.ROLLBACK_INTENT and key in index:
             index[key].state = "rollback_in_doubt"
         elif event.kind == EventKind.ROLLBACK_RESULT and key in index:
