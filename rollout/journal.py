@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
+from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused, UsageError
 from rollout.event import Event
 
 __all__ = [
@@ -829,11 +829,18 @@ class EnvironmentLock:
         except OSError as exc:
             raise JournalError(f"cannot open lock file {self.path}: {exc}") from exc
         try:
-            while not _try_flock(fd):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LockHeld(self._held_message(fd))
-                time.sleep(min(poll, remaining))
+            while True:
+                while not _try_flock(fd):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise LockHeld(self._held_message(fd))
+                    time.sleep(min(poll, remaining))
+                if _same_file(fd, self.path):
+                    break
+                # The lock was forced away (the file renamed) between open and flock:
+                # this fd locks an orphan; start again on the file now at the path.
+                os.close(fd)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             info = json.dumps(
                 {
                     "run_id": holder.run_id,
@@ -886,6 +893,40 @@ class EnvironmentLock:
         return f"environment {self.env!r} is locked by {who}; lock file {self.path}" + (
             f", lock id {holder.lock_id}" if holder else ""
         )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
+
+
+def force_unlock(state_dir: Path | str, env: str, lock_id: str) -> LockHolder:
+    """Break a live holder's lock, only when `lock_id` names it; returns the holder it was.
+
+    The lock file is renamed aside (kept as evidence), so the next run locks a new file.
+    The old holder, if it is still running, keeps its lock on the renamed file and does
+    not know: forcing is for a holder that is stuck or unreachable, never a healthy one.
+    """
+    path = _lock_path(state_dir, env)
+    holder = read_lock_holder(state_dir, env)
+    if holder is None:
+        raise UsageError(f"environment {env!r} is not locked; nothing to force")
+    if holder.lock_id != lock_id:
+        raise Refused(
+            f"lock id {lock_id!r} does not match the lock on {env!r} ({holder.describe()}, lock id {holder.lock_id}); "
+            "nothing was changed"
+        )
+    aside = path.with_name(f"{path.name}.forced-{holder.lock_id}")
+    try:
+        os.rename(path, aside)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise JournalError(f"cannot force lock {path}: {exc}") from exc
+    return holder
 
 
 def read_lock_holder(state_dir: Path | str, env: str) -> LockHolder | None:

@@ -539,3 +539,28 @@ def _plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
         return load_plan(candidates[0]).digest == recorded
     except RolloutError:
         return False
+
+
+@app.command(
+    epilog="Example:\n\n  rollout unlock production --lock-id 3f9a2c1d0b7e6a54\n\n"
+    "The lock id is printed when a run is refused because the lock is held.",
+)
+def unlock(
+    env: Annotated[str, typer.Argument(metavar="ENV", help="The environment whose lock to force.", show_default=False)],
+    lock_id: Annotated[
+        str, typer.Option("--lock-id", help="The holder's lock id (from the refusal message).", show_default=False)
+    ],
+    state_dir_opt: StateDirOption = None,
+) -> None:
+    """Force an environment lock whose holder is stuck: only with the holder's lock id."""
+    from rollout.journal import force_unlock
+
+    try:
+        holder = force_unlock(state_dir(state_dir_opt), env, lock_id)
+    except (RolloutError, ValueError) as exc:
+        fail(exc if isinstance(exc, RolloutError) else UsageError(str(exc)))
+    terminal.print(f"forced the lock on {env!r}, held by {holder.describe()}")
+    terminal.print(
+        f"  if pid {holder.pid} on {holder.host} is still running it may still change targets: stop it, "
+        f"then `rollout recover {holder.run_id}` to roll back what it left"
+    )
