@@ -338,3 +338,19 @@ def kill_pidfile(path: Path) -> None:
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a user sees from one in-process CLI command."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON."""
+        return json.loads(self.out)
+
+
+Cli = Callable[..., Result]

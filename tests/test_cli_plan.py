@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -17,7 +13,8 @@ from jsonschema import Draft202012Validator
 
 import rollout
 from rollout.cli import commands  # noqa: F401  (registers the commands)
-from rollout.cli.app import app, run_cli
+from rollout.cli.app import app
+from tests.helpers import Cli
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = sorted((REPO / "plans").glob("*.yaml"))
@@ -57,31 +54,6 @@ steps:
     run: migrate --to v2
     rollback: none
 """
-
-
-@dataclass(frozen=True)
-class Result:
-    """What a user sees from one command."""
-
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*args: str) -> Result:
-        code = run_cli(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
 
 
 def _bad_plan(tmp_path: Path) -> Path:

@@ -6,14 +6,11 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from rollout.cli.app import run_cli
+from tests.helpers import Cli, Result
 
 REPO = Path(__file__).resolve().parents[1]
 METADATA = REPO / "examples" / "exchange" / "metadata"
@@ -38,31 +35,6 @@ RULES = [
     "--max-changed",
     "10%",
 ]
-
-
-@dataclass(frozen=True)
-class Result:
-    """What a user sees from one command."""
-
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*args: str) -> Result:
-        code = run_cli(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
 
 
 def check(cli: Cli, doc: Path, *extra: str) -> Result:
