@@ -25,6 +25,7 @@ class FakeHost:
     def __init__(self, failing: set[tuple[str, str]] | None = None) -> None:
         self.failing = failing or set()  # (host, command) pairs that exit 1
         self.unreachable: set[tuple[str, str]] = set()  # (host, command) pairs that cannot connect
+        self.sequence: dict[tuple[str, str], list[str]] = {}  # per call: "fail" or "unreachable", then ok
         self.log: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.blocking = threading.Event()  # set once a `block` command is running
@@ -54,6 +55,12 @@ class FakeExecutor:
             self.fleet.blocking.set()
             cancelled = self._cancelled.wait(timeout or 30)
             return CommandResult(self.target.name, command, None, "", "", 0.0, cancelled=cancelled)
+        planned = self.fleet.sequence.get((self.target.name, command))
+        if planned:
+            outcome = planned.pop(0)
+            if outcome == "unreachable":
+                raise ConnectError("connection refused", host=self.target.name)
+            return CommandResult(self.target.name, command, 1, "", "boom", 0.0)
         if (self.target.name, command) in self.fleet.unreachable:
             raise ConnectError("connection refused", host=self.target.name)
         code = 1 if (self.target.name, command) in self.fleet.failing else 0
@@ -268,3 +275,13 @@ def test_a_step_that_could_not_reach_its_host_is_not_rolled_back(tmp_path: Path)
     assert rollbacks == ["undo-a"]  # b never started on h2, so only a is undone there
     not_started = [e for e in sink.events if e.kind == EventKind.STEP_RESULT and e.outcome == "not_started"]
     assert [(e.host, e.step) for e in not_started] == [("h2", "b")]
+
+
+def test_a_retry_that_cannot_connect_keeps_the_step_that_already_ran_in_the_rollback(tmp_path: Path) -> None:
+    fleet = FakeHost()
+    fleet.sequence[("h1", "do-a")] = ["fail", "unreachable"]
+    steps = "  - {name: a, run: do-a, rollback: undo-a, retries: 1, retry_delay: 10ms}\n"
+    engine, fleet, _ = _engine(tmp_path, steps, hosts=1, fleet=fleet)
+    result = engine.run()
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert ("h1", "undo-a") in fleet.log  # the first attempt ran, so it is undone

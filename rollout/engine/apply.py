@@ -221,11 +221,6 @@ class Engine:
         self._abort.set()
         return first
 
-    @property
-    def aborting(self) -> bool:
-        """True once any abort was asked for."""
-        return self._abort.is_set()
-
     def interrupt(self, signal_name: str = "SIGINT") -> str:
         """Ctrl-C / SIGTERM: first stops scheduling; second kills in-flight commands."""
         self._interrupts += 1
@@ -492,7 +487,10 @@ class Engine:
             try:
                 result = ex.run(step.run, timeout=step.timeout)
             except ConnectError as exc:
-                return self._not_started(wave, host, applied, exc)
+                if attempt == 1:
+                    return self._not_started(wave, host, applied, exc)
+                # an earlier attempt ran on the host: the step stays in the rollback
+                result = CommandResult(host.name, step.run, None, "", str(exc), 0.0)
             except ExecutorError as exc:  # reached the host: the command may have started
                 result = CommandResult(host.name, step.run, None, "", str(exc), 0.0)
             self._emit(
