@@ -4,13 +4,10 @@
     ├── PlanError            invalid plan: file:line:column, key path, what was expected   (exit 2)
     │   └── TemplateError    undefined variable or bad template                            (exit 2)
     ├── UsageError           bad command-line arguments or unreadable input                 (exit 2)
-    ├── Refused              nothing was changed: pre-check failed, lock held, freeze, gate (exit 3)
-    │   ├── PrecheckFailed
-    │   ├── LockHeld
-    │   └── GateClosed
+    ├── Refused              nothing was changed: lock held, freeze window, plan changed    (exit 3)
+    │   └── LockHeld
     ├── ExecutorError        a target could not be reached or a transfer failed
     │   └── ConnectError     ssh connect/auth/host-key failure, naming the host
-    ├── CheckError           a check could not be evaluated (bad regex, unreadable document)
     ├── MetadataError        a metadata document cannot be read or parsed                    (exit 2)
     └── JournalError         the journal cannot be written or is damaged                     (exit 5)
         └── JournalCorrupt   a line was edited, removed, reordered or truncated
@@ -94,16 +91,8 @@ class Refused(RolloutError):
     exit_status = ExitStatus.REFUSED
 
 
-class PrecheckFailed(Refused):
-    """A pre-check failed on at least one host; nothing was changed."""
-
-
 class LockHeld(Refused):
     """Another run holds the environment lock."""
-
-
-class GateClosed(Refused):
-    """The CI gate refuses the plan."""
 
 
 class ExecutorError(RolloutError):
@@ -118,12 +107,6 @@ class ExecutorError(RolloutError):
 
 class ConnectError(ExecutorError):
     """Connecting or authenticating to a host failed (including host-key refusal)."""
-
-
-class CheckError(RolloutError):
-    """A check could not be evaluated at all (as opposed to evaluating to failure)."""
-
-    exit_status = ExitStatus.USAGE
 
 
 class MetadataError(RolloutError):

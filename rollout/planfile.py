@@ -873,32 +873,6 @@ def _render_value(
     return value
 
 
-def check_templates(loaded: LoadedPlan, overrides: Mapping[str, str] | None = None) -> None:
-    """Render everything for every host of every environment; the first undefined name fails."""
-    plan = loaded.plan
-    for env_name, env in plan.environments.items():
-        for host_name in env.hosts:
-            variables = host_variables(loaded, env_name, host_name, overrides=overrides, for_validation=True)
-            for key in ("prechecks", "guards", "steps"):
-                for i, item in enumerate(getattr(plan, key)):
-                    render_model(loaded, item, (key, i), variables, env_name=env_name, host_name=host_name)
-        env_vars = host_variables(loaded, env_name, None, overrides=overrides, for_validation=True)
-        for i, sink in enumerate(plan.notify):
-            render_model(loaded, sink, ("notify", i), env_vars, env_name=env_name, host_name=None)
-
-
-def iter_strings(value: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
-    """Every string in a plain-data structure with its location."""
-    if isinstance(value, str):
-        yield loc, value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from iter_strings(v, (*loc, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from iter_strings(v, (*loc, i))
-
-
 __all__ = [
     "LoadedPlan",
     "Mark",

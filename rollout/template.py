@@ -24,11 +24,6 @@ class TemplateProblem(ValueError):
         super().__init__(message)
 
 
-def has_template(text: str) -> bool:
-    """True when the text holds at least one `{{ ... }}`."""
-    return "{{" in text
-
-
 def _lookup(name: str, variables: Mapping[str, Any]) -> Any:
     head, *rest = name.split(".")
     if head not in variables:
@@ -74,13 +69,3 @@ def render(text: str, variables: Mapping[str, Any], *, shell: bool = False) -> s
     if "{{" in leftover:
         raise TemplateProblem("unclosed template: '{{' without a matching '}}'")
     return out
-
-
-def variables_in(text: str) -> list[str]:
-    """The variable names a template refers to, in order."""
-    names = []
-    for match in _TOKEN.finditer(text):
-        expr = _EXPR.match(match.group(1))
-        if expr:
-            names.append(expr.group(1).split(".")[0])
-    return names

@@ -33,7 +33,6 @@ class GuardState:
     guard: Guard
     state: str = GREEN
     consecutive: int = 0
-    probes: int = 0
     last: Verdict | None = None
     last_started: float = 0.0
 
@@ -121,7 +120,6 @@ class GuardMonitor:
         before = state.state
         tripped_now = False
         with self._changed:
-            state.probes += 1
             state.last = verdict
             state.last_started = started
             if verdict.ok:

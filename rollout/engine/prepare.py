@@ -61,11 +61,6 @@ class Schedule:
         """The plan digest."""
         return self.loaded.digest
 
-    @property
-    def strategy(self) -> object:
-        """The plan's strategy (waves, bake, budget, concurrency)."""
-        return self.loaded.plan.strategy
-
     def host_order(self) -> list[str]:
         """Hosts in the order the waves reach them."""
         return [h for wave in self.waves for h in wave.hosts]

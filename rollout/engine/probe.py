@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +188,3 @@ def _budget(md: Any, spec: MetadataCheck) -> Any:
         allow_added=spec.allow_added,
         allow_removed=spec.allow_removed,
     )
-
-
-Clock = Callable[[], float]

@@ -26,7 +26,6 @@ from rollout.runstore import RunDir
 NO_IMPACT = "no customer-visible impact detected by guards"
 OUTPUT_TAIL_LINES = 10
 FOLLOW_UP_ROWS = 3
-PHASES = ("pre-checks", "waves", "bake", "abort", "rollback", "recovery")
 _BAD_GUARD_STATES = ("failing", "tripped")
 
 
