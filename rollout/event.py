@@ -39,6 +39,7 @@ class EventKind:
     VERIFY = "verify.result"
     HOST_FAILED = "host.failed"
     BAKE_START = "bake.start"
+    BAKE_EXTENDED = "bake.extended"
     BAKE_END = "bake.end"
     ABORT = "abort"
     ROLLBACK_START = "rollback.start"
@@ -61,3 +62,4 @@ class Outcome:
     REFUSED = "refused"
     INTERRUPTED = "interrupted"
     JOURNAL_FAILED = "journal_failed"
+    INTERNAL_ERROR = "internal_error"  # rollout itself failed; what it applied was rolled back

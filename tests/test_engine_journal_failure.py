@@ -1,11 +1,15 @@
-"""When the journal cannot be written, the run stops at once: no further changes, exit 5."""
+"""When the journal cannot be written: no step starts again, what was applied is rolled back, exit 5.
+
+The targets matter more than the evidence: the rollback goes on without the journal, and
+the bus keeps a side record of it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rollout.engine.apply import Engine
-from rollout.engine.events import Bus
+from rollout.engine.events import Bus, ListSink
 from rollout.engine.prepare import prepare_schedule
 from rollout.errors import ExitStatus, JournalError
 from rollout.event import Event, EventKind, Outcome
@@ -48,19 +52,29 @@ steps:
     return plan
 
 
-def test_a_journal_write_error_stops_the_run_before_the_next_change(tmp_path: Path) -> None:
+def test_a_journal_write_error_stops_forward_work_and_rolls_back_what_was_applied(tmp_path: Path) -> None:
     schedule = prepare_schedule(load_plan(_plan(tmp_path)), "lab", run_id="r1")
     # run.start, prechecks.passed, wave.start, intent(one), result(one): the next intent cannot be written
     journal = FailingJournal(ok_events=5)
-    result = Engine(schedule, Bus(journal)).run()
+    side = ListSink()
+    result = Engine(schedule, Bus(journal, fallback=side)).run()
     assert result.outcome == Outcome.JOURNAL_FAILED
     assert result.exit_status == ExitStatus.JOURNAL
     assert "No space left" in (result.journal_error or "")
-    assert (tmp_path / "one").exists()
-    # the change whose intent could not be recorded never ran, nor anything after it
+    # the change whose intent could not be recorded never ran, nor anything after it ...
     assert not (tmp_path / "two").exists()
     assert not (tmp_path / "three").exists()
     assert [e.kind for e in journal.events][-1] == EventKind.STEP_RESULT
+    # ... and the one that did run was rolled back, with a side record of the rollback
+    assert not (tmp_path / "one").exists()
+    assert result.rolled_back == (("h1", "one"),)
+    assert result.remaining == {}
+    kinds = [e.kind for e in side.events]
+    # the side record starts with the intent the journal refused; that step never ran
+    assert [(e.kind, e.step) for e in side.events[:1]] == [(EventKind.STEP_INTENT, "two")]
+    assert EventKind.STEP_RESULT not in kinds
+    assert kinds[-1] == EventKind.RUN_END
+    assert [(e.step, e.outcome) for e in side.events if e.kind == EventKind.ROLLBACK_RESULT] == [("one", "ok")]
 
 
 def test_an_intent_that_cannot_be_journaled_is_never_executed(tmp_path: Path) -> None:

@@ -4,6 +4,20 @@ A run either completes or leaves every target where it started, and says which.
 The engine never prints: every step of the way is an event on the bus, and the intent
 of each change (and of each rollback) is made durable before the command starts.
 
+The invariants the engine keeps (tests/test_engine_model.py checks them on random
+plans and failures):
+
+- `succeeded` implies every step applied on every in-scope host and every guard green,
+  by a probe started after the last change, in the snapshot the verdict was taken on;
+- a bake ends only with every guard freshly green; a failing guard extends it by at
+  most `every x fail_after + timeout`, then the run aborts;
+- no step intent is journaled after the abort is journaled (both under one lock);
+- any failure, including rollout's own (an unexpected exception), aborts and rolls
+  back every applied step newest first; the outcome is derived from what is still
+  applied after the rollback, never from what happened along the way;
+- when the journal fails, no forward work starts again, but rollbacks go on (the
+  targets matter more than the evidence) and the bus keeps a side record.
+
 Threads: host workers and guards are threads because SSH and probes block; work is
 cancelled by killing process groups or closing channels (Executor.cancel), never by
 hoping a thread notices.
@@ -16,6 +30,7 @@ import getpass
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -24,7 +39,7 @@ from typing import Any
 from rollout import __version__
 from rollout.checks import Verdict, excerpt
 from rollout.engine.events import Bus
-from rollout.engine.guards import GuardMonitor
+from rollout.engine.guards import GREEN, TRIPPED, GuardMonitor, GuardState
 from rollout.engine.prepare import HostPlan, Schedule
 from rollout.engine.probe import CheckRunner
 from rollout.errors import ConnectError, ExecutorError, ExitStatus, JournalError
@@ -44,6 +59,7 @@ EXIT_FOR_OUTCOME = {
     Outcome.ROLLBACK_FAILED: ExitStatus.ROLLBACK_FAILED,
     Outcome.INTERRUPTED: ExitStatus.INTERRUPTED,
     Outcome.JOURNAL_FAILED: ExitStatus.JOURNAL,
+    Outcome.INTERNAL_ERROR: ExitStatus.JOURNAL,
 }
 
 
@@ -62,7 +78,7 @@ class AppliedStep:
 class Cause:
     """Why a run aborted: what failed first."""
 
-    kind: str  # step | verify | guard | budget | interrupt | journal | connect
+    kind: str  # step | verify | guard | budget | interrupt | journal | connect | internal | rollback
     summary: str
     host: str | None = None
     step: str | None = None
@@ -142,10 +158,14 @@ class Engine:
         self._stop_probes = threading.Event()
         self._cause: Cause | None = None
         self._abort_journaled = False
+        # Held only to set the cause, never across I/O: abort() runs in signal handlers.
         self._cause_lock = threading.RLock()
+        # Orders the journal's step intents, its abort line and its success verdict.
+        self._journal_order = threading.RLock()
         self._kill_now = threading.Event()
         self._interrupts = 0
         self._rolling_back = False
+        self._rolling_back_hosts: set[str] = set()  # within-budget rollbacks in progress
         self._fatal: JournalError | None = None
         self._applied: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
         self._failed_hosts: list[str] = []
@@ -189,26 +209,47 @@ class Engine:
                 ex.close()
 
     def _emit(self, event: Event, *, sync: bool = False) -> None:
-        if self._fatal is not None:
+        """Emit an event; once the journal has failed, only the rollback may go on emitting."""
+        if self._fatal is not None and not self._rolling_back:
             raise self._fatal
         try:
             self.bus.emit(event, sync=sync)
         except JournalError as exc:
             self._journal_failed(exc)
-            raise
+            if not self._rolling_back:
+                raise
+
+    def emit(self, event: Event, *, sync: bool = False) -> None:
+        """Emit an event on the run's bus (recover journals its own events through this)."""
+        self._emit(event, sync=sync)
+
+    def _emit_intent(self, event: Event) -> bool:
+        """Journal a step's intent unless the run is aborting; False when it must not start.
+
+        Under the journal-order lock, which `_journal_abort` takes too: an intent is
+        journaled before the abort line, or never.
+        """
+        with self._journal_order:
+            if self._abort.is_set():
+                return False
+            self._emit(event, sync=True)
+            return True
 
     def _journal_failed(self, exc: JournalError) -> None:
-        """The evidence cannot be written: stop every change now; nothing more runs."""
+        """The evidence cannot be written: no forward work starts again; rollbacks go on."""
         with self._cause_lock:
             if self._fatal is None:
                 self._fatal = exc
+            if self._cause is None:
+                self._cause = Cause("journal", f"the journal could not be written: {exc}")
         self._abort.set()
-        self._stop_probes.set()
-        self._cancel_all()
+        if not self._rolling_back:
+            self._cancel_forward()
 
-    def _cancel_all(self) -> None:
+    def _cancel_forward(self) -> None:
+        """Kill in-flight forward commands; a host rolling itself back is left to finish."""
         with self._executors_lock:
-            executors = list(self._executors.values())
+            executors = [ex for host, ex in self._executors.items() if host not in self._rolling_back_hosts]
         for ex in executors:
             ex.cancel()
 
@@ -218,7 +259,7 @@ class Engine:
             first = self._cause is None
             if first:
                 self._cause = cause
-        self._abort.set()
+            self._abort.set()
         return first
 
     def interrupt(self, signal_name: str = "SIGINT") -> str:
@@ -238,14 +279,77 @@ class Engine:
     def run(self) -> RunResult:
         """Pre-checks, guards, waves with bake; on any abort, roll back. Never raises for a target's failure."""
         try:
-            return self._run()
-        except JournalError as exc:
-            self._journal_failed(exc)
-            return RunResult(Outcome.JOURNAL_FAILED, cause=self._cause, journal_error=str(exc))
+            try:
+                return self._run()
+            except JournalError as exc:
+                self._journal_failed(exc)
+                if self._rolling_back or not self._changed_anything():
+                    return self._journal_result()
+                return self._abort_and_roll_back()
+            except Exception as exc:  # rollout's own bug: the targets still come back
+                self._internal_error(exc, where="the run")
+                if self._rolling_back:
+                    return self._internal_result(exc)
+                return self._abort_and_roll_back()
+        except Exception as exc:  # the rollback itself failed unexpectedly: say what remains
+            return self._internal_result(exc)
         finally:
             self._stop_probes.set()
             self.guards.stop()
             self.close()
+
+    def _changed_anything(self) -> bool:
+        with self._state_lock:
+            return any(self._applied.values())
+
+    def _internal_error(self, exc: BaseException, *, where: str) -> None:
+        """An unexpected exception: abort with it as the cause (the first cause still wins)."""
+        self.abort(
+            Cause(
+                "internal",
+                f"internal error in {where}: {type(exc).__name__}: {exc}",
+                detail={"exception": type(exc).__name__, "traceback": _traceback_tail(exc)},
+            )
+        )
+
+    def _journal_result(self) -> RunResult:
+        """The journal failed before anything changed: say so in the side record too."""
+        remaining = self._still_applied()
+        data = {"cause": self._cause.to_dict() if self._cause else None, "changed": False}
+        with contextlib.suppress(JournalError):  # the bus sends it to the side record
+            self.bus.emit(Event(EventKind.RUN_END, outcome=Outcome.JOURNAL_FAILED, data=data), sync=True)
+        return RunResult(
+            Outcome.JOURNAL_FAILED,
+            cause=self._cause,
+            remaining=remaining,
+            journal_error=str(self._fatal),
+        )
+
+    def _internal_result(self, exc: BaseException) -> RunResult:
+        """The last resort: rollout failed while rolling back; report what is still applied."""
+        remaining = self._still_applied()
+        cause = self._cause or Cause("internal", f"internal error: {type(exc).__name__}: {exc}")
+        return RunResult(
+            Outcome.ROLLBACK_FAILED if remaining else Outcome.INTERNAL_ERROR,
+            cause=cause,
+            remaining=remaining,
+            journal_error=str(self._fatal) if self._fatal else None,
+        )
+
+    def _still_applied(self, *, irreversible: bool = False) -> dict[str, tuple[str, ...]]:
+        """Per host, newest first: steps that started and were not rolled back (irreversible ones aside)."""
+        with self._state_lock:
+            return {
+                host: names
+                for host, stack in self._applied.items()
+                if (
+                    names := tuple(
+                        a.step.name
+                        for a in reversed(stack)
+                        if a.state != "rolled_back" and (irreversible or not a.step.irreversible)
+                    )
+                )
+            }
 
     def _run(self) -> RunResult:
         s = self.schedule
@@ -272,6 +376,7 @@ class Engine:
             return self._end_unchanged(Outcome.INTERRUPTED, self._cause or Cause("interrupt", "interrupted"))
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
         self.guards.start()
+        last_change = self.guards.now()
         for wave in s.waves:
             if self._abort.is_set():
                 break
@@ -286,36 +391,129 @@ class Engine:
             if self._abort.is_set():
                 break
             self._emit(Event(EventKind.WAVE_END, wave=wave.index, outcome="ok"))
-            bake = s.loaded.plan.strategy.bake
-            if bake > 0 and not self.guards.empty:
-                self._emit(Event(EventKind.BAKE_START, wave=wave.index, data={"bake": format_duration(bake)}))
-                interrupted = self._abort.wait(bake)
-                self._emit(
-                    Event(
-                        EventKind.BAKE_END,
-                        wave=wave.index,
-                        outcome="aborted" if interrupted else "ok",
-                    )
-                )
-            elif bake > 0:
-                # without guards, a bake is a plain pause that an abort cuts short
-                self._abort.wait(bake)
+            last_change = self.guards.now()
+            if not self._bake(wave.index, since=last_change):
+                break
         if not self._abort.is_set():
-            self._stop_probes.set()
-            self.guards.stop()
-            data: dict[str, Any] = {"hosts": len(s.hosts)}
-            if self._failed_hosts:
-                data["failed_hosts"] = list(self._failed_hosts)
-                data["rolled_back"] = [list(x) for x in self._host_rollbacks]
-            self._emit(Event(EventKind.RUN_END, outcome=Outcome.SUCCEEDED, data=data), sync=True)
-            return RunResult(
-                Outcome.SUCCEEDED,
-                failed_hosts=tuple(self._failed_hosts),
-                rolled_back=tuple(self._host_rollbacks),
-                rollback_failures=tuple(self._host_rollback_failures),
-                remaining=dict(self._host_remaining),
-            )
+            result = self._finish(since=last_change)
+            if result is not None:
+                return result
         return self._abort_and_roll_back()
+
+    # --- bake and the final verdict -------------------------------------------------
+
+    def _settle_bound(self) -> float:
+        """How long a failing guard may extend a bake: enough for it to trip, or recover."""
+        return max(
+            (st.guard.every * st.guard.fail_after + st.guard.timeout for st in self.guards.states.values()), default=0.0
+        )
+
+    def _bake(self, wave: int, *, since: float) -> bool:
+        """Hold the next wave until the bake time has passed and every guard is freshly green.
+
+        A guard still failing when the bake time is up extends the bake, by at most the
+        settle bound; then the run aborts. False when the run must not go on.
+        """
+        bake = self.schedule.loaded.plan.strategy.bake
+        if self.guards.empty:
+            self._abort.wait(bake)  # without guards, a bake is a plain pause that an abort cuts short
+            return not self._abort.is_set()
+        if bake > 0:
+            self._emit(Event(EventKind.BAKE_START, wave=wave, data={"bake": format_duration(bake)}))
+            self._abort.wait(bake)
+        settled = not self._abort.is_set() and self._settle(wave, since)
+        if bake > 0:
+            self._emit(Event(EventKind.BAKE_END, wave=wave, outcome="ok" if settled else "aborted"))
+        return settled
+
+    def _settle(self, wave: int | None, since: float) -> bool:
+        """Wait until every guard has passed a probe started after `since`; abort at the bound."""
+        if self.guards.settled(since):
+            return True
+        bound = self._settle_bound()
+        waiting = self.guards.not_settled(since)
+        self._emit(
+            Event(
+                EventKind.BAKE_EXTENDED,
+                wave=wave,
+                data={
+                    "waiting_for": [
+                        {"host": st.host, "guard": st.guard.label, "state": st.state if st.last else "no probe yet"}
+                        for st in waiting[:20]
+                    ],
+                    "guards": len(waiting),
+                    "at_most": format_duration(bound),
+                },
+            )
+        )
+        if self.guards.wait_settled(since, time.monotonic() + bound, self._abort):
+            return True
+        if not self._abort.is_set():
+            self._abort_not_green(self.guards.not_settled(since), bound)
+        return False
+
+    def _abort_not_green(self, states: list[GuardState], bound: float) -> None:
+        """The bake is over and a guard is still not green: that is a failure, never a success."""
+        first = states[0]
+        if first.state == TRIPPED:
+            summary = f"guard '{first.guard.label}' tripped on {first.host}"
+        elif first.last is None or first.state == GREEN:
+            summary = (
+                f"guard '{first.guard.label}' on {first.host} gave no fresh verdict within {format_duration(bound)}"
+            )
+        else:
+            summary = (
+                f"guard '{first.guard.label}' on {first.host} still {first.state} "
+                f"({first.consecutive}/{first.guard.fail_after}) {format_duration(bound)} after the bake"
+            )
+        if first.last is not None and first.state != GREEN:
+            summary += f": {first.last.summary}"
+        more = f" (+{len(states) - 1} more)" if len(states) > 1 else ""
+        self.abort(
+            Cause(
+                "guard",
+                summary + more,
+                host=first.host,
+                check=first.guard.label,
+                detail=dict(first.last.observed) if first.last is not None else {},
+            )
+        )
+
+    def _finish(self, *, since: float) -> RunResult | None:
+        """Take the success verdict on a frozen snapshot of the guards; None when the run must roll back."""
+        s = self.schedule
+        deadline = time.monotonic() + self._settle_bound()
+        while not self.guards.empty:
+            if not self._settle(None, since):
+                return None
+            snapshot = self.guards.freeze()  # no verdict lands after this line
+            if self._abort.is_set():
+                return None
+            not_green = [st for st in snapshot if st.state != GREEN]
+            if not not_green:
+                break
+            if time.monotonic() >= deadline:
+                self._abort_not_green(not_green, self._settle_bound())
+                return None
+            self.guards.start()  # a verdict landed between the look and the freeze: look again
+        data: dict[str, Any] = {"hosts": len(s.hosts)}
+        if self._failed_hosts:
+            data["failed_hosts"] = list(self._failed_hosts)
+            data["rolled_back"] = [list(x) for x in self._host_rollbacks]
+        if not self.guards.empty:
+            data["guards_green"] = True
+        with self._journal_order:  # the verdict and an abort line cannot cross
+            if self._abort.is_set():
+                return None
+            self._emit(Event(EventKind.RUN_END, outcome=Outcome.SUCCEEDED, data=data), sync=True)
+        return RunResult(
+            Outcome.SUCCEEDED,
+            failed_hosts=tuple(self._failed_hosts),
+            rolled_back=tuple(self._host_rollbacks),
+            rollback_failures=tuple(self._host_rollback_failures),
+            remaining=dict(self._host_remaining),
+            guards_green=None if self.guards.empty else True,
+        )
 
     def _end_unchanged(
         self, outcome: str, cause: Cause, *, failed_prechecks: tuple[tuple[str, str, str], ...] = ()
@@ -406,19 +604,31 @@ class Engine:
         return result.ok
 
     def _parallel(self, fn: Callable[[HostPlan], None], hosts: Iterable[HostPlan], limit: int | None = None) -> None:
-        """Run fn over hosts in threads; re-raise the first JournalError."""
+        """Run fn over hosts in threads; re-raise the first JournalError.
+
+        Any other exception in a worker is rollout's own failure: it aborts the run at
+        once (the other hosts stop starting steps) and becomes the cause of the abort.
+        """
         items = list(hosts)
         if not items:
             return
+
+        def guarded(host: HostPlan) -> None:
+            try:
+                fn(host)
+            except (JournalError, _Abort):
+                raise
+            except Exception as exc:
+                self._internal_error(exc, where=f"the worker for {host.name}")
+                raise
+
         workers = min(len(items), limit or self.schedule.loaded.plan.strategy.concurrency or len(items), 64)
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="host") as pool:
-            futures = [pool.submit(fn, h) for h in items]
+            futures = [pool.submit(guarded, h) for h in items]
             self._wait(futures)
         for fut in futures:
             exc = fut.exception()
             if isinstance(exc, JournalError):
-                raise exc
-            if exc is not None and not isinstance(exc, _Abort):
                 raise exc
 
     def _wait(self, futures: list[Future[None]]) -> None:
@@ -442,7 +652,7 @@ class Engine:
             ):
                 cancelled = True
                 self._kill_now.clear()
-                self._cancel_all()
+                self._cancel_forward()
 
     # --- waves --------------------------------------------------------------------
 
@@ -466,21 +676,22 @@ class Engine:
         attempts = step.retries + 1
         result: CommandResult | None = None
         for attempt in range(1, attempts + 1):
-            self._emit(
-                Event(
-                    EventKind.STEP_INTENT,
-                    wave=wave,
-                    host=host.name,
-                    step=step.name,
-                    data={
-                        "command": step.run,
-                        "attempt": attempt,
-                        "timeout": format_duration(step.timeout),
-                        "index": applied.index,
-                    },
-                ),
-                sync=True,
+            intent = Event(
+                EventKind.STEP_INTENT,
+                wave=wave,
+                host=host.name,
+                step=step.name,
+                data={
+                    "command": step.run,
+                    "attempt": attempt,
+                    "timeout": format_duration(step.timeout),
+                    "index": applied.index,
+                },
             )
+            if not self._emit_intent(intent):
+                if result is None:
+                    return None  # never started: nothing to roll back, not a failure
+                break  # a retry the abort cut short: the earlier attempt's result stands
             with self._state_lock:
                 if applied not in self._applied[host.name]:
                     self._applied[host.name].append(applied)
@@ -509,6 +720,11 @@ class Engine:
             if self._abort.wait(step.retry_delay):
                 break
         assert result is not None
+        if not result.ok and self._abort.is_set() and (result.cancelled or self._cause_kind() == "interrupt"):
+            # Killed or cut short by an abort decided elsewhere: not a failure of this host.
+            # The step stays in the rollback (it may have half run).
+            applied.state = "failed"
+            return None
         if not result.ok:
             applied.state = "failed"
             what = (
@@ -528,7 +744,7 @@ class Engine:
         for check in step.verify:
             if self._abort.is_set():
                 return None
-            verdict = self.runner.run(check, ex)
+            verdict = self.runner.run(check, ex, stop=self._abort)
             self._emit(
                 Event(
                     EventKind.VERIFY,
@@ -539,6 +755,8 @@ class Engine:
                     data={"check": check.label, **verdict.to_dict()},
                 )
             )
+            if not verdict.ok and self._abort.is_set():
+                return None  # retries cut short by the abort: the rollback takes it from here
             if not verdict.ok:
                 return Cause(
                     "verify",
@@ -586,14 +804,11 @@ class Engine:
                 duration=0.0,
             )
 
+    def _cause_kind(self) -> str | None:
+        with self._cause_lock:
+            return self._cause.kind if self._cause is not None else None
+
     def _host_failed(self, wave: int, host: HostPlan, cause: Cause) -> None:
-        if (
-            self._abort.is_set()
-            and cause.kind == "step"
-            and self._cause is not None
-            and self._cause.kind == "interrupt"
-        ):
-            return  # a command killed by the operator's abort is not a new failure
         with self._state_lock:
             self._failed_hosts.append(host.name)
             failed = len(self._failed_hosts)
@@ -610,9 +825,17 @@ class Engine:
             ),
             sync=True,
         )
+        if within and self._abort.is_set():
+            return  # the run is aborting for another reason: the final rollback takes this host back too
         if within:
             # The budget lets the run go on without this host: put it back where it started.
-            failures, undone, remaining, _ = self._roll_back_host(host.name, reason="host failed within budget")
+            with self._executors_lock:
+                self._rolling_back_hosts.add(host.name)  # no grace-period cancel may kill it
+            try:
+                failures, undone, remaining, _ = self._roll_back_host(host.name, reason="host failed within budget")
+            finally:
+                with self._executors_lock:
+                    self._rolling_back_hosts.discard(host.name)
             with self._state_lock:
                 self._host_rollbacks.extend(undone)
                 self._host_rollback_failures.extend(failures)
@@ -654,23 +877,24 @@ class Engine:
     # --- rollback -----------------------------------------------------------------
 
     def _journal_abort(self, *, in_flight: int = 0) -> None:
-        """Journal the abort once, with its cause."""
-        with self._cause_lock:
+        """Journal the abort once, with its cause (a journal failure here is already recorded)."""
+        with self._journal_order:
             if self._abort_journaled:
                 return
             self._abort_journaled = True
-        cause = self._cause or Cause("unknown", "aborted")
-        data: dict[str, Any] = {"cause": cause.to_dict()}
-        if in_flight:
-            data["in_flight"] = in_flight
-            data["grace"] = format_duration(self.grace)
-        self._emit(Event(EventKind.ABORT, host=cause.host, step=cause.step, data=data), sync=True)
+            cause = self._cause or Cause("unknown", "aborted")
+            data: dict[str, Any] = {"cause": cause.to_dict()}
+            if in_flight:
+                data["in_flight"] = in_flight
+                data["grace"] = format_duration(self.grace)
+            with contextlib.suppress(JournalError):
+                self._emit(Event(EventKind.ABORT, host=cause.host, step=cause.step, data=data), sync=True)
 
     def _abort_and_roll_back(self) -> RunResult:
         cause = self._cause or Cause("unknown", "aborted")
-        plan = {h: [a.step.name for a in reversed(stack)] for h, stack in self._applied.items() if stack}
+        self._rolling_back = True  # from here on only rollbacks run, and they go on even without a journal
         self._journal_abort()
-        return self.roll_back(cause, interrupted=cause.kind == "interrupt", plan=plan)
+        return self.roll_back(cause, interrupted=cause.kind == "interrupt")
 
     def roll_back(
         self,
@@ -680,32 +904,34 @@ class Engine:
         plan: Mapping[str, list[str]] | None = None,
         applied: Mapping[str, list[AppliedStep]] | None = None,
     ) -> RunResult:
-        """Roll back every applied step, newest first, hosts in parallel; then guards must be green."""
+        """Roll back every applied step, newest first, hosts in parallel; then guards must be green.
+
+        The outcome is derived from what is still applied afterwards: a step whose earlier
+        rollback failed (a host that failed within budget) and that is undone now is undone.
+        """
         self._rolling_back = True
         if applied is not None:
             self._applied = {h: list(v) for h, v in applied.items()}
-        plan = plan or {h: [a.step.name for a in reversed(stack)] for h, stack in self._applied.items() if stack}
+        plan = plan or {h: list(names) for h, names in self._still_applied(irreversible=True).items()}
         self._emit(Event(EventKind.ROLLBACK_START, data={"plan": plan, "cause": cause.summary}), sync=True)
-        if not self.guards.empty and not self.guards.running:  # recovery: guards were not running
+        if not self.guards.empty and not self.guards.running:  # recovery, or after the final freeze
             self.guards.start()
-        failures: list[RollbackFailure] = list(self._host_rollback_failures)
+        attempts: list[RollbackFailure] = list(self._host_rollback_failures)
         undone: list[tuple[str, str]] = list(self._host_rollbacks)
-        remaining: dict[str, tuple[str, ...]] = dict(self._host_remaining)
-        irreversible: dict[str, tuple[str, ...]] = {}
         lock = threading.Lock()
 
         def host_rollback(host: HostPlan) -> None:
-            f, u, r, irr = self._roll_back_host(host.name, reason=cause.summary)
+            f, u, _, _ = self._roll_back_host(host.name, reason=cause.summary)
             with lock:
-                failures.extend(f)
+                attempts.extend(f)
                 undone.extend(u)
-                if r:
-                    remaining[host.name] = r
-                if irr:
-                    irreversible[host.name] = irr
 
-        hosts = [self.schedule.hosts[h] for h in self._applied if self._applied[h]]
+        hosts = [self.schedule.hosts[h] for h in self._still_applied(irreversible=True)]
         self._parallel(host_rollback, hosts, limit=len(hosts) or 1)
+        remaining = self._still_applied()
+        irreversible = self._irreversible_left()
+        # Only the failures that still stand: the last attempt on a step that is still applied.
+        failures = list({(f.host, f.step): f for f in attempts if f.step in remaining.get(f.host, ())}.values())
         self._emit(
             Event(
                 EventKind.ROLLBACK_END,
@@ -742,8 +968,12 @@ class Engine:
             )
         self._stop_probes.set()
         self.guards.stop()
-        if failures or remaining or not green:
+        if remaining or not green:
             outcome = Outcome.ROLLBACK_FAILED
+        elif self._fatal is not None:
+            outcome = Outcome.JOURNAL_FAILED
+        elif cause.kind == "internal":
+            outcome = Outcome.INTERNAL_ERROR
         elif interrupted:
             outcome = Outcome.INTERRUPTED
         else:
@@ -772,7 +1002,17 @@ class Engine:
             irreversible_left=irreversible,
             failed_hosts=tuple(self._failed_hosts),
             guards_green=green if not self.guards.empty else None,
+            journal_error=str(self._fatal) if self._fatal is not None else None,
         )
+
+    def _irreversible_left(self) -> dict[str, tuple[str, ...]]:
+        """Per host, the irreversible steps that ran: rollback leaves them applied, and says so."""
+        with self._state_lock:
+            return {
+                host: names
+                for host, stack in self._applied.items()
+                if (names := tuple(a.step.name for a in reversed(stack) if a.step.irreversible))
+            }
 
     def _roll_back_host(
         self, host_name: str, *, reason: str
@@ -816,7 +1056,10 @@ class Engine:
                 ),
                 sync=True,
             )
-            result = self._execute(ex, step.rollback, timeout)
+            try:
+                result = self._execute(ex, step.rollback, timeout)
+            except Exception as exc:  # rollout's own failure must not leave the host half undone silently
+                result = CommandResult(host_name, step.rollback, None, "", f"internal error: {exc!r}", 0.0)
             self._emit(
                 Event(
                     EventKind.ROLLBACK_RESULT,
@@ -829,10 +1072,15 @@ class Engine:
                 sync=True,
             )
             if result.ok:
-                item.state = "rolled_back"
+                with self._state_lock:
+                    item.state = "rolled_back"
                 undone.append((host_name, step.name))
                 continue
-            what = "timed out" if result.timed_out else f"exited {result.exit_code}"
+            what = (
+                "timed out"
+                if result.timed_out
+                else ("was killed" if result.cancelled else f"exited {result.exit_code}")
+            )
             tail = excerpt(result.stderr or result.stdout, 300)
             failures.append(RollbackFailure(host_name, step.name, f"rollback {what}" + (f": {tail}" if tail else "")))
             # Older steps stay applied: undoing them under a step we could not undo could make things worse.
@@ -863,6 +1111,12 @@ def _result_data(result: CommandResult) -> dict[str, Any]:
     if result.cancelled:
         data["cancelled"] = True
     return data
+
+
+def _traceback_tail(exc: BaseException, lines: int = 12) -> str:
+    """The innermost frames of an unexpected exception: evidence for a bug report."""
+    text = "".join(traceback.format_exception(exc))
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def _operator() -> str:

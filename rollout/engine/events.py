@@ -82,14 +82,28 @@ class Redactor:
 
 
 class Bus:
-    """Fans events out: journal first (its failure is fatal), then the other sinks."""
+    """Fans events out: journal first (its failure is fatal), then the other sinks.
 
-    def __init__(self, journal: Sink | None, sinks: Iterable[Sink] = (), redactor: Redactor | None = None) -> None:
+    Once the journal has failed, every later event goes to the `fallback` sink instead (a
+    side file and stderr, wired by the caller): the rollback that follows a journal
+    failure must still leave a record. Only the first failure raises.
+    """
+
+    def __init__(
+        self,
+        journal: Sink | None,
+        sinks: Iterable[Sink] = (),
+        redactor: Redactor | None = None,
+        *,
+        fallback: Sink | None = None,
+    ) -> None:
         self._journal = journal
         self._sinks = list(sinks)
         self._redactor = redactor or Redactor(())
+        self._fallback = fallback
         self._lock = threading.Lock()
         self.sink_errors: list[str] = []
+        self.journal_error: JournalError | None = None
 
     def add(self, sink: Sink) -> None:
         """Add a sink that sees every later event."""
@@ -99,16 +113,23 @@ class Bus:
     def emit(self, event: Event, *, sync: bool = False) -> Event:
         """Redact, journal, then tell the other sinks; JournalError propagates."""
         event = self._redactor.event(event)
+        failed: JournalError | None = None
         with self._lock:
-            if self._journal is not None:
-                self._journal.emit(event, sync=sync)
-            for sink in self._sinks:
+            if self._journal is not None and self.journal_error is None:
+                try:
+                    self._journal.emit(event, sync=sync)
+                except JournalError as exc:
+                    self.journal_error = failed = exc
+            sinks = list(self._sinks)
+            if self.journal_error is not None and self._fallback is not None:
+                sinks.insert(0, self._fallback)
+            for sink in sinks:
                 try:
                     sink.emit(event, sync=sync)
-                except JournalError:
-                    raise
                 except Exception as exc:  # a display or notifier bug must never stop a rollback
                     self.sink_errors.append(f"{type(sink).__name__}: {exc!r}")
+        if failed is not None:
+            raise failed
         return event
 
 

@@ -3,6 +3,14 @@
 One thread per (host, guard): probes are blocking I/O with their own timeouts, and a
 slow host must not delay another host's detection. States are journaled on change only
 (green -> failing -> tripped -> green), with the probe's values.
+
+The engine takes its verdicts from here, so the monitor keeps two promises:
+
+- "green" is evidence, not an absence of news: `settled(since)` holds only when every
+  guard's latest probe *started* after `since` (the last change) and passed;
+- `freeze()` ends probing atomically with the state: a verdict is recorded (and
+  journaled) either before the freeze, where the snapshot sees it, or not at all. A trip
+  can therefore never land between the engine's last look and the end of the run.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rollout.checks import Verdict
 from rollout.engine.events import Bus
@@ -63,6 +71,7 @@ class GuardMonitor:
         self._changed = threading.Condition()
         self.states = {(host, i): GuardState(host, g) for host, gs in guards.items() for i, g in enumerate(gs)}
         self._threads: list[threading.Thread] = []
+        self._announced = False
 
     @property
     def running(self) -> bool:
@@ -75,9 +84,10 @@ class GuardMonitor:
         return not self.states
 
     def start(self) -> None:
-        """Start one probing thread per host and guard."""
+        """Start one probing thread per host and guard (again after a stop or freeze)."""
         self._stop.clear()
-        if self.states:
+        if self.states and not self._announced:
+            self._announced = True
             self._bus.emit(
                 Event(
                     EventKind.GUARDS_START,
@@ -94,12 +104,48 @@ class GuardMonitor:
 
     def stop(self) -> None:
         """Stop probing and wait for the threads (each finishes its probe in flight)."""
-        self._stop.set()
         with self._changed:
+            self._stop.set()
             self._changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+
+    def freeze(self) -> list[GuardState]:
+        """Stop recording verdicts, atomically with a snapshot of every state, then stop probing.
+
+        A probe still in flight when the freeze comes is not evidence yet: its verdict is
+        dropped, so what the snapshot says is exactly what the journal says.
+        """
+        with self._changed:
+            self._stop.set()
+            snapshot = [replace(s) for s in self.states.values()]
+            self._changed.notify_all()
+        self.stop()
+        return snapshot
+
+    def settled(self, since: float) -> bool:
+        """True when every guard's latest probe started at or after `since` and passed."""
+        with self._changed:
+            return all(_fresh_green(s, since) for s in self.states.values())
+
+    def not_settled(self, since: float) -> list[GuardState]:
+        """The guards without a passing probe started at or after `since`."""
+        with self._changed:
+            return [replace(s) for s in self.states.values() if not _fresh_green(s, since)]
+
+    def wait_settled(self, since: float, deadline: float, abort: threading.Event) -> bool:
+        """Wait until `settled(since)`; False at `deadline` (monotonic) or as soon as `abort` is set."""
+        with self._changed:
+            while True:
+                if all(_fresh_green(s, since) for s in self.states.values()):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or abort.is_set() or self._stop.is_set():
+                    return False
+                # A trip reaches the engine's abort after the state change is notified:
+                # look at the abort flag again soon rather than sleep out the deadline.
+                self._changed.wait(min(remaining, 0.05))
 
     def _loop(self, state: GuardState) -> None:
         guard = state.guard
@@ -117,9 +163,11 @@ class GuardMonitor:
 
     def _record(self, state: GuardState, verdict: Verdict, started: float) -> None:
         guard = state.guard
-        before = state.state
         tripped_now = False
         with self._changed:
+            if self._stop.is_set():
+                return  # frozen: the engine has taken its verdict without this probe
+            before = state.state
             state.last = verdict
             state.last_started = started
             if verdict.ok:
@@ -132,43 +180,43 @@ class GuardMonitor:
                 if state.consecutive >= guard.fail_after and state.state != TRIPPED:
                     state.state = TRIPPED
                     tripped_now = True
+            if state.state != before or tripped_now:
+                # Journaled under the lock, so a freeze sees a state only once it is evidence.
+                self._bus.emit(
+                    Event(
+                        EventKind.GUARD_STATE,
+                        host=state.host,
+                        outcome=state.state,
+                        data={
+                            "guard": guard.label,
+                            "from": before,
+                            "consecutive_failures": state.consecutive,
+                            "fail_after": guard.fail_after,
+                            "summary": verdict.summary,
+                            "probe": dict(verdict.observed),
+                        },
+                    ),
+                    sync=tripped_now,
+                )
             self._changed.notify_all()
-        if state.state != before or tripped_now:
-            self._bus.emit(
-                Event(
-                    EventKind.GUARD_STATE,
-                    host=state.host,
-                    outcome=state.state,
-                    data={
-                        "guard": guard.label,
-                        "from": before,
-                        "consecutive_failures": state.consecutive,
-                        "fail_after": guard.fail_after,
-                        "summary": verdict.summary,
-                        "probe": dict(verdict.observed),
-                    },
-                ),
-                sync=tripped_now,
-            )
         if tripped_now:
             self._on_trip(state.host, guard, verdict, state.consecutive)
 
     def failing(self) -> list[GuardState]:
         """Guards whose last probe failed."""
-        return [s for s in self.states.values() if s.state != GREEN]
+        with self._changed:
+            return [replace(s) for s in self.states.values() if s.state != GREEN]
 
     def wait_all_green(self, timeout: float) -> bool:
         """Wait until every guard on every host passes a probe started from now on."""
         if not self.states:
             return True
-        since = self._clock()
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                fresh_green = all(s.last_started >= since and s.state == GREEN for s in self.states.values())
-                if fresh_green:
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._stop.is_set():
-                    return False
-                self._changed.wait(min(remaining, 0.5))
+        return self.wait_settled(self._clock(), time.monotonic() + timeout, threading.Event())
+
+    def now(self) -> float:
+        """The monitor's clock, the one `settled(since)` compares probe start times with."""
+        return self._clock()
+
+
+def _fresh_green(state: GuardState, since: float) -> bool:
+    return state.state == GREEN and state.last is not None and state.last_started >= since

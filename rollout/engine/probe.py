@@ -31,12 +31,22 @@ class CheckRunner:
         self.plan_dir = plan_dir
         self.stop = stop or threading.Event()
 
-    def run(self, check: Check, executor: Executor, *, retries: int | None = None) -> Verdict:
-        """The check with its retries: the first passing attempt wins, else the last failure."""
+    def run(
+        self,
+        check: Check,
+        executor: Executor,
+        *,
+        retries: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Verdict:
+        """The check with its retries: the first passing attempt wins, else the last failure.
+
+        `stop` (the run's abort) ends the retries at once: no verification outlives an abort.
+        """
         attempts = 1 + (check.retries if retries is None else retries)
         verdict = self.once(check, executor)
         for attempt in range(2, attempts + 1):
-            if verdict.ok or self.stop.wait(check.interval):
+            if verdict.ok or self.stop.is_set() or (stop or self.stop).wait(check.interval):
                 break
             verdict = self.once(check, executor)
             verdict = Verdict(verdict.ok, verdict.summary, {**verdict.observed, "attempt": attempt})

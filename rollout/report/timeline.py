@@ -58,6 +58,12 @@ def describe_event(event: Event) -> str:
         return f"{prefix}host failed ({event.outcome}, {d.get('failed_hosts')} of budget {d.get('budget')})"
     if k == EventKind.BAKE_START:
         return f"wave {event.wave}: baking {d.get('bake')} with guards watching"
+    if k == EventKind.BAKE_EXTENDED:
+        waiting = d.get("waiting_for", [])
+        names = ", ".join(f"{w.get('host')} '{w.get('guard')}' ({w.get('state')})" for w in waiting[:5])
+        more = f" (+{d.get('guards', 0) - 5} more)" if d.get("guards", 0) > 5 else ""
+        where = f"wave {event.wave}: bake" if event.wave else "final verdict"
+        return f"{where} held for up to {d.get('at_most')}: waiting for {names}{more} to be green"
     if k == EventKind.BAKE_END:
         return f"wave {event.wave}: bake {event.outcome}"
     if k == EventKind.ABORT:
