@@ -145,4 +145,10 @@ def run_cli(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         terminal.error("interrupted")
         return int(ExitStatus.INTERRUPTED)
+    except Exception as exc:  # a bug in rollout: never let it exit 1, which means "rolled back cleanly"
+        import traceback
+
+        terminal.error("".join(traceback.format_exception(exc)).rstrip())
+        terminal.error(f"internal error: {type(exc).__name__}: {exc} (exit 5: evidence may be incomplete)")
+        return int(exit_status_for(exc))
     return 0

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rollout.report.notify import Notifier
 
 NOTIFY_FLUSH_TIMEOUT = 5.0
+FALLBACK_FILE = "journal.fallback.jsonl"
 FOLLOW_SETTLE = 1.0
 
 # Commands are registered at start-up (`rollout --help` lists them), so this module
@@ -47,6 +48,38 @@ class JournalSink:
     def emit(self, event: Event, *, sync: bool) -> None:
         """Append the event (raises JournalError on a write or fsync failure)."""
         self.journal.append(event, sync=sync)
+
+
+class FallbackSink:
+    """Where events go once the journal cannot be written: a side file and stderr, best effort.
+
+    The rollback after a journal failure still deserves a record; this one is not
+    hash-chained, so it is evidence of what was done, not proof.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.announced = False
+
+    def emit(self, event: Event, *, sync: bool) -> None:
+        """Append the event as a JSON line to the side file and say it on stderr."""
+        from rollout.journal import event_to_dict
+
+        line = json.dumps({"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **event_to_dict(event)})
+        if not self.announced:
+            self.announced = True
+            terminal.error(f"journal unavailable: recording the rest of the run in {self.path} and here")
+        terminal.error(f"journal-fallback: {line}")
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, line.encode() + b"\n")
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # stderr already has it; a full disk must not stop the rollback
 
 
 def _duration_option(value: str, name: str) -> float:
@@ -123,18 +156,20 @@ def _print_result(result: RunResult, run: RunDir, schedule: Schedule, redactor: 
         out("REFUSED: a pre-check failed; nothing was changed on any host")
         for host, check, summary in result.failed_prechecks:
             out(f"  {host}: pre-check '{check}' failed: {summary}")
-    elif result.outcome == Outcome.JOURNAL_FAILED:
-        out(f"STOPPED: the journal could not be written ({result.journal_error}); no further changes were made")
-        out(
-            f"  evidence may be incomplete; inspect the targets, then `rollout recover {run.run_id}` once the disk is fixed"
-        )
     else:
         label = {
             Outcome.ROLLED_BACK: "ROLLED BACK",
             Outcome.INTERRUPTED: "INTERRUPTED and rolled back",
             Outcome.ROLLBACK_FAILED: "ROLLBACK FAILED: manual action needed",
-        }[result.outcome]
+            Outcome.JOURNAL_FAILED: "STOPPED: the journal could not be written",
+            Outcome.INTERNAL_ERROR: "INTERNAL ERROR in rollout; what it applied was rolled back",
+        }.get(result.outcome, str(result.outcome).upper())
         out(f"{label}: {cause.summary if cause else 'aborted'}")
+        if result.journal_error:
+            out(f"  journal error: {result.journal_error}; no step started after it")
+            fallback = run.path / FALLBACK_FILE
+            if fallback.exists():
+                out(f"  what happened after it is recorded (not hash-chained) in {fallback}")
         if result.rolled_back:
             out("  undone (newest first per host): " + ", ".join(f"{h}/{s}" for h, s in result.rolled_back))
         for failure in result.rollback_failures:
@@ -150,8 +185,14 @@ def _print_result(result: RunResult, run: RunDir, schedule: Schedule, redactor: 
             )
         if result.guards_green is False:
             out("  guards are still failing after the rollback: the service has not recovered")
-        if result.outcome != Outcome.ROLLBACK_FAILED and not result.remaining:
+        if result.outcome != Outcome.ROLLBACK_FAILED and not result.remaining and not result.irreversible_left:
             out("  targets are back where they started")
+        if result.outcome == Outcome.INTERNAL_ERROR and cause is not None and cause.detail.get("traceback"):
+            out("  please report this, with the traceback:")
+            for line in str(cause.detail["traceback"]).splitlines():
+                out(f"    {line}")
+        if result.outcome == Outcome.JOURNAL_FAILED:
+            out(f"  once the disk is fixed: `rollout verify {run.run_id}`, then `rollout recover {run.run_id}`")
     out(f"  run {run.run_id}: journal {run.journal}")
     if run.report.exists():
         out(f"  report {run.report}")
@@ -218,7 +259,7 @@ def _drive(
     from rollout.engine.events import Bus, Redactor
 
     redactor = Redactor(schedule.secret_values)
-    bus = Bus(JournalSink(journal), [display], redactor)
+    bus = Bus(JournalSink(journal), [display], redactor, fallback=FallbackSink(run.path / FALLBACK_FILE))
     notifier = _add_notifier(bus, schedule, run)
     engine = Engine(schedule, bus, grace=grace)
     try:
