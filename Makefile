@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint typecheck bench clean sshd-deps
+.PHONY: demo test check lint typecheck bench fuzz clean sshd-deps
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict rollout
 
 check: lint typecheck test
+
+# Many more random examples than `make test` runs: the engine's invariants under random plans and failures.
+fuzz: $(STAMP)
+	ROLLOUT_MODEL_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_engine_model.py
 
 bench: $(STAMP)
 	$(PY) bench/run.py
