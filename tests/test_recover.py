@@ -28,6 +28,7 @@ from tests.helpers import (
     running_fleet,
     start_rollout,
     wait_for_event,
+    wait_for_file,
     write_exchange_plan,
     write_plan,
 )
@@ -44,40 +45,48 @@ def _slow(pidfile: Path) -> str:
     return f"echo $$ > {pidfile}; exec sleep 30"
 
 
-def after_intent(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], bool]]:
+# A kill point: the plan, the journal event to kill at, and the file a step's process writes once
+# it runs (the kill waits for it too: an intent is journaled *before* its command starts, so
+# killing at the event alone would, under load, kill before the process the point is about).
+KillPoint = tuple[PlanSpec, Callable[[dict[str, Any]], bool], Path | None]
+
+
+def after_intent(tmp: Path) -> KillPoint:
     step = {"name": "slow", "run": _slow(tmp / "orphan.pid"), "rollback": "true", "timeout": "60s"}
-    return PlanSpec(extra_steps=[step]), is_event("step.intent", step="slow")
+    return PlanSpec(extra_steps=[step]), is_event("step.intent", step="slow"), tmp / "orphan.pid"
 
 
-def after_outcome(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], bool]]:
+def after_outcome(tmp: Path) -> KillPoint:
     slow_verify = {"name": "slow check", "command": _slow(tmp / "orphan.pid"), "timeout": "60s"}
     spec = PlanSpec(activate_verify_extra=[slow_verify], probe_verify=False)
-    return spec, is_event("step.result", step="activate-release", outcome="ok")
+    return spec, is_event("step.result", step="activate-release", outcome="ok"), tmp / "orphan.pid"
 
 
-def during_rollback(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], bool]]:
+def during_rollback(tmp: Path) -> KillPoint:
     # the activate rollback is slow the first time only (the dead run's attempt)
     marker = tmp / "rollback-started"
     prefix = f"if [ ! -f {marker} ]; then touch {marker}; echo $$ > {tmp / 'orphan.pid'}; sleep 30; fi; "
     fail = {"name": "post-check", "run": "false", "rollback": "true", "timeout": "5s"}
     spec = PlanSpec(extra_steps=[fail], activate_rollback_prefix=prefix)
-    return spec, is_event("rollback.intent", step="activate-release")
+    return spec, is_event("rollback.intent", step="activate-release"), tmp / "orphan.pid"
 
 
-def during_bake(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], bool]]:
-    return PlanSpec(bake="60s"), is_event("bake.start", wave=1)
+def during_bake(tmp: Path) -> KillPoint:
+    return PlanSpec(bake="60s"), is_event("bake.start", wave=1), None
 
 
 @pytest.mark.parametrize("point", [after_intent, after_outcome, during_rollback, during_bake])
 def test_recover_after_sigkill_puts_every_target_back(
-    tmp_path: Path, fleet: Fleet, point: Callable[[Path], tuple[PlanSpec, Callable[[dict[str, Any]], bool]]]
+    tmp_path: Path, fleet: Fleet, point: Callable[[Path], KillPoint]
 ) -> None:
-    spec, killed_at = point(tmp_path)
+    spec, killed_at, running = point(tmp_path)
     plan = write_exchange_plan(tmp_path, fleet, spec)
     state = tmp_path / "state"
     proc = start_rollout(*run_args(plan, state))
     try:
         wait_for_event(state, killed_at, proc=proc)
+        if running is not None:
+            wait_for_file(running, proc=proc)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         kill_pidfile(tmp_path / "orphan.pid")
@@ -99,7 +108,7 @@ def test_recover_after_sigkill_puts_every_target_back(
 
 
 def test_recover_refuses_a_changed_plan_and_accepts_the_original(tmp_path: Path, fleet: Fleet) -> None:
-    spec, killed_at = during_bake(tmp_path)
+    spec, killed_at, _ = during_bake(tmp_path)
     plan = write_exchange_plan(tmp_path, fleet, spec)
     # the digest covers the file's name too: the operator's kept copy has the same name
     (tmp_path / "original").mkdir()
