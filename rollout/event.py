@@ -61,3 +61,5 @@ class Outcome:
     REFUSED = "refused"
     INTERRUPTED = "interrupted"
     JOURNAL_FAILED = "journal_failed"
+    # recover of a run that died before it changed anything (no step ever started)
+    NOT_STARTED = "not_started"

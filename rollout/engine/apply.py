@@ -44,6 +44,7 @@ EXIT_FOR_OUTCOME = {
     Outcome.ROLLBACK_FAILED: ExitStatus.ROLLBACK_FAILED,
     Outcome.INTERRUPTED: ExitStatus.INTERRUPTED,
     Outcome.JOURNAL_FAILED: ExitStatus.JOURNAL,
+    Outcome.NOT_STARTED: ExitStatus.SUCCESS,
 }
 
 
