@@ -22,6 +22,7 @@ from rollout.journal import (
     Record,
     event_from_dict,
     event_to_dict,
+    final_run_end,
     genesis_hash,
     read_journal,
     verify_journal,
@@ -427,6 +428,28 @@ def test_journal_of_another_plan_does_not_verify_as_this_one(journal_path: Path)
     assert result.first_bad_line == 1
     assert result.reason is not None
     assert "genesis" in result.reason
+
+
+def test_the_last_run_end_is_the_outcome_and_a_recover_in_progress_is_not_an_end(journal_path: Path) -> None:
+    write_journal(journal_path, lines=4, end=False)
+    with Journal.reopen(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        journal.append(Event("run.end", outcome="rollback_failed"), sync=True)
+        journal.append(Event("notify.delivery", outcome="delivered"), sync=True)
+        reading = read_journal(journal_path)
+        end = final_run_end(reading.records)
+        assert end is not None
+        assert end.outcome == "rollback_failed"
+        assert verify_journal(journal_path).complete
+
+        journal.append(Event("recover.start", data={"run_id": RUN_ID}), sync=True)
+        assert final_run_end(read_journal(journal_path).records) is None
+        assert not verify_journal(journal_path).complete  # a recover began and has not ended
+
+        journal.append(Event("run.end", outcome="rolled_back"), sync=True)
+    end = final_run_end(read_journal(journal_path).records)
+    assert end is not None
+    assert end.outcome == "rolled_back"
+    assert verify_journal(journal_path).complete
 
 
 def test_missing_or_empty_journal_is_not_ok(tmp_path: Path) -> None:
