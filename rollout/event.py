@@ -63,3 +63,5 @@ class Outcome:
     INTERRUPTED = "interrupted"
     JOURNAL_FAILED = "journal_failed"
     INTERNAL_ERROR = "internal_error"  # rollout itself failed; what it applied was rolled back
+    # recover of a run that died before it changed anything (no step ever started)
+    NOT_STARTED = "not_started"

@@ -1,4 +1,4 @@
-"""The run journal (write-ahead, append-only, hash-chained JSON Lines) and the environment lock.
+"""The run journal: write-ahead, append-only, hash-chained JSON Lines.
 
 The journal is the source of truth for what a run did: every event is one line
 ``{"seq","ts","mono","kind","wave","host","step","outcome","data","prev"}`` where ``prev``
@@ -19,34 +19,24 @@ This module must never rewrite or drop a complete journal line, never use a torn
 (it is set aside in ``journal.jsonl.broken``, only when recovering), never keep appending
 after a failed write or fsync, and never import anything beyond the standard library
 and `rollout.errors`: it is on the CLI start-up path.
-
-The environment lock (``.rollout/locks/ENV.lock``) is an ``flock`` on a file that also
-names its holder; the kernel drops the flock when the holder process dies, so a killed
-run never leaves an environment locked.
 """
 
 from __future__ import annotations
 
 import base64
-import calendar
-import errno
-import fcntl
-import getpass
 import hashlib
 import json
 import os
 import re
-import secrets
-import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused, UsageError
+from rollout.errors import JournalCorrupt, JournalError, Refused
 from rollout.event import Event
 
 __all__ = [
@@ -54,18 +44,16 @@ __all__ = [
     "JOURNAL_KEYS",
     "RUN_END",
     "RUN_START",
-    "EnvironmentLock",
     "Event",
     "Journal",
     "JournalReading",
-    "LockHolder",
     "Record",
     "Verification",
     "event_from_dict",
     "event_to_dict",
+    "final_run_end",
     "genesis_hash",
     "read_journal",
-    "read_lock_holder",
     "verify_journal",
 ]
 
@@ -84,9 +72,9 @@ JOURNAL_KEYS: Final = (
 EVENT_FIELDS: Final = ("kind", "wave", "host", "step", "outcome", "data")
 RUN_START: Final = "run.start"
 RUN_END: Final = "run.end"
+RECOVER_START: Final = "recover.start"
 _GENESIS_TAG: Final = "rollout-journal-v1"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # --- events and records ---------------------------------------------------------------
@@ -299,11 +287,37 @@ def _run_identity(record: Record) -> tuple[str, str]:
     return run_id, plan_digest
 
 
+def _read_no_follow(path: Path) -> bytes:
+    """The file's bytes; a symbolic link at the journal's path is an error, never followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def final_run_end(records: Sequence[Record]) -> Record | None:
+    """The run.end that states the run's outcome: the last one, or None while a later recover has not ended.
+
+    A run that ended rollback_failed can be recovered later in the same journal, which
+    then ends with a second run.end: the last one is the truth.
+    """
+    for record in reversed(records):
+        if record.kind == RUN_END:
+            return record
+        if record.kind == RECOVER_START:
+            return None
+    return None
+
+
 def read_journal(path: Path | str, *, expect_genesis: str | None = None, repair: bool = False) -> JournalReading:
     """Read and verify a journal; a torn last line is reported (and set aside when repair)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = _read_no_follow(path)
     except OSError as exc:
         raise JournalError(f"cannot read journal {path}: {exc.strerror or exc}") from exc
     lines = data.split(b"\n")
@@ -386,7 +400,7 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
     line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
     try:
         created = not broken.exists()
-        fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -394,7 +408,7 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
             os.close(fd)
         if created:
             _fsync_dir(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, offset)
             os.fsync(fd)
@@ -430,7 +444,7 @@ def verify_journal(path: Path | str, *, plan_digest: str | None = None, expect_h
             first_bad_line=first_bad_line,
             reason=reason,
             # Status deliveries are journaled after run.end, so run.end need not be last.
-            complete=any(r.kind == RUN_END for r in records),
+            complete=final_run_end(records) is not None,
             run_id=reading.run_id,
             plan_digest=reading.plan_digest,
         )
@@ -472,7 +486,7 @@ def verify_journal(path: Path | str, *, plan_digest: str | None = None, expect_h
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -533,7 +547,7 @@ class Journal:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if new_dirs:
                 os.chmod(path.parent, 0o700)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(path, flags, 0o600)
         except FileExistsError as exc:
             raise JournalError(f"journal {path} already exists; a run's journal is only continued by recover") from exc
@@ -582,11 +596,9 @@ class Journal:
                 f"this plan is {plan_digest}; refusing to continue its journal"
             )
         if reading.torn_offset is not None:
-            with path.open("rb") as handle:
-                handle.seek(reading.torn_offset)
-                _set_aside_torn(path, handle.read(), reading.torn_offset)
+            _set_aside_torn(path, _read_no_follow(path)[reading.torn_offset :], reading.torn_offset)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise JournalError(f"cannot open journal {path} for appending: {exc}") from exc
         records = reading.records
@@ -726,228 +738,3 @@ class Journal:
                 with self._lock:
                     raise self._fail(f"cannot fsync journal up to line {target}: {exc}") from exc
             self._synced_seq = target
-
-
-# --- the environment lock ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    """Who holds an environment lock, as written into the lock file."""
-
-    run_id: str
-    user: str
-    host: str
-    pid: int
-    started: str
-    lock_id: str
-
-    @classmethod
-    def current(cls, run_id: str) -> LockHolder:
-        """This process as the holder for a run, with a fresh lock id."""
-        return cls(
-            run_id=run_id,
-            user=getpass.getuser(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            started=_utc_ms(time.time()),
-            lock_id=secrets.token_hex(8),
-        )
-
-    def describe(self) -> str:
-        """`run R by user@host (pid N) since T, held for 3m05s`."""
-        held = ""
-        try:
-            started = calendar.timegm(time.strptime(self.started[:19], "%Y-%m-%dT%H:%M:%S"))
-        except ValueError:
-            pass
-        else:
-            minutes, secs = divmod(max(0, int(time.time()) - started), 60)
-            hours, minutes = divmod(minutes, 60)
-            took = f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-            held = f", held for {took}"
-        return f"run {self.run_id} by {self.user}@{self.host} (pid {self.pid}) since {self.started}{held}"
-
-
-def _lock_path(state_dir: Path | str, env: str) -> Path:
-    if not _ENV_NAME.fullmatch(env):
-        raise ValueError(f"invalid environment name for a lock file: {env!r}")
-    return Path(state_dir) / "locks" / f"{env}.lock"
-
-
-def _holder_from_bytes(raw: bytes) -> LockHolder | None:
-    try:
-        obj = json.loads(raw)
-        return LockHolder(
-            run_id=str(obj["run_id"]),
-            user=str(obj["user"]),
-            host=str(obj["host"]),
-            pid=int(obj["pid"]),
-            started=str(obj["started"]),
-            lock_id=str(obj["lock_id"]),
-        )
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
-class EnvironmentLock:
-    """One run per environment: an flock on .rollout/locks/ENV.lock naming its holder.
-
-    Used as a context manager it releases on exit: ``with EnvironmentLock(d, env) as
-    lock: lock.acquire(holder)``.
-    """
-
-    def __init__(self, state_dir: Path | str, env: str) -> None:
-        self.env = env
-        self.path = _lock_path(state_dir, env)
-        self.holder: LockHolder | None = None
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
-
-    def acquire(self, holder: LockHolder, *, timeout: float = 0.0, poll: float = 0.1) -> None:
-        """Take the lock for holder, waiting up to timeout seconds; raise LockHeld otherwise."""
-        if self._fd is not None:
-            raise RuntimeError(f"environment lock {self.env!r} is already held by this object")
-        deadline = time.monotonic() + timeout
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise JournalError(f"cannot open lock file {self.path}: {exc}") from exc
-        try:
-            while True:
-                while not _try_flock(fd):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise LockHeld(self._held_message(fd))
-                    time.sleep(min(poll, remaining))
-                if _same_file(fd, self.path):
-                    break
-                # The lock was forced away (the file renamed) between open and flock:
-                # this fd locks an orphan; start again on the file now at the path.
-                os.close(fd)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            info = json.dumps(
-                {
-                    "run_id": holder.run_id,
-                    "user": holder.user,
-                    "host": holder.host,
-                    "pid": holder.pid,
-                    "started": holder.started,
-                    "lock_id": holder.lock_id,
-                },
-                ensure_ascii=False,
-            ).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, info + b"\n", 0)
-            os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            raise JournalError(f"cannot take environment lock {self.path}: {exc}") from exc
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self.holder = holder
-
-    def release(self) -> None:
-        """Clear the holder info and unlock; safe to call when not held."""
-        fd, self._fd, self.holder = self._fd, None, None
-        if fd is None:
-            return
-        try:
-            os.ftruncate(fd, 0)
-        except OSError:
-            pass  # the flock is what matters; stale info is overwritten by the next holder
-        finally:
-            os.close(fd)  # closing the last fd drops the flock
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-    def _held_message(self, fd: int) -> str:
-        holder = _holder_from_bytes(os.pread(fd, 4096, 0))
-        who = holder.describe() if holder else "another process (holder details not written yet)"
-        return f"environment {self.env!r} is locked by {who}; lock file {self.path}" + (
-            f", lock id {holder.lock_id}" if holder else ""
-        )
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    own = os.fstat(fd)
-    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
-
-
-def force_unlock(state_dir: Path | str, env: str, lock_id: str) -> LockHolder:
-    """Break a live holder's lock, only when `lock_id` names it; returns the holder it was.
-
-    The lock file is renamed aside (kept as evidence), so the next run locks a new file.
-    The old holder, if it is still running, keeps its lock on the renamed file and does
-    not know: forcing is for a holder that is stuck or unreachable, never a healthy one.
-    """
-    path = _lock_path(state_dir, env)
-    holder = read_lock_holder(state_dir, env)
-    if holder is None:
-        raise UsageError(f"environment {env!r} is not locked; nothing to force")
-    if holder.lock_id != lock_id:
-        raise Refused(
-            f"lock id {lock_id!r} does not match the lock on {env!r} ({holder.describe()}, lock id {holder.lock_id}); "
-            "nothing was changed"
-        )
-    aside = path.with_name(f"{path.name}.forced-{holder.lock_id}")
-    try:
-        os.rename(path, aside)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise JournalError(f"cannot force lock {path}: {exc}") from exc
-    return holder
-
-
-def read_lock_holder(state_dir: Path | str, env: str) -> LockHolder | None:
-    """The live holder of an environment's lock, or None when it is free."""
-    path = _lock_path(state_dir, env)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise JournalError(f"cannot read lock file {path}: {exc}") from exc
-    try:
-        if _try_flock(fd):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        # The holder writes its info right after taking the flock: give it a moment.
-        for _ in range(50):
-            holder = _holder_from_bytes(os.pread(fd, 4096, 0))
-            if holder is not None:
-                return holder
-            time.sleep(0.01)
-        raise JournalError(f"lock {path} is held but names no holder")
-    finally:
-        os.close(fd)

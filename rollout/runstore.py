@@ -1,20 +1,26 @@
 """Run directories under the state directory: `runs/RUN/` with the plan, journal and report.
 
 Creates them owner-only (0700 directories, 0600 files) because journals hold command
-output. Never deletes anything: evidence is kept until an operator removes it.
+output, refuses a state directory or `runs/` that is a symlink or someone else's, and
+never follows a link at a file's path. A run directory appears complete or not at all
+(built under a dot-name, then renamed). Never deletes a run: evidence is kept until an
+operator removes it (only this process's own half-built directory is removed, on failure).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rollout.errors import JournalError, UsageError
+from rollout.statedir import check_private_dir, ensure_private_dir
 
 RUNS = "runs"
 JOURNAL = "journal.jsonl"
@@ -29,16 +35,18 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -69,7 +77,12 @@ class RunDir:
     def meta(self) -> dict[str, Any]:
         """What the run was started with (plan path, environment, variables)."""
         try:
-            data = json.loads((self.path / META).read_text("utf-8"))
+            fd = os.open(self.path / META, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                raw = os.read(fd, 1 << 22)
+            finally:
+                os.close(fd)
+            data = json.loads(raw.decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise JournalError(f"{self.path / META}: cannot read the run's metadata: {exc}") from exc
         if not isinstance(data, dict):
@@ -81,10 +94,12 @@ def create_run_dir(
     state_dir: Path, run_id: str, *, files: dict[str, bytes], digest: str, meta: dict[str, Any]
 ) -> RunDir:
     """Create runs/RUN with the exact plan bytes, the digest and the run's metadata."""
-    runs = state_dir / RUNS
+    runs = ensure_private_dir(state_dir, RUNS)
+    final = runs / run_id
+    path = runs / f".{run_id}.partial"
     try:
-        runs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = runs / run_id
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "run directory exists", str(final))
         path.mkdir(mode=0o700)
         copy = path / PLAN_COPY
         copy.mkdir(mode=0o700)
@@ -95,16 +110,24 @@ def create_run_dir(
         _write_private(path / "plan.sha256", f"{digest}\n".encode())
         _write_private(path / META, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
         _fsync_dir(path)
+        os.rename(path, final)
         _fsync_dir(runs)
     except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)  # never a complete run: only our own partial copy
         raise JournalError(f"cannot create the run directory under {runs}: {exc.strerror or exc}") from exc
-    return RunDir(path)
+    return RunDir(final)
+
+
+def check_run_dir(run: RunDir) -> None:
+    """Before writing into a run directory: it and its parents up to the state root are ours, no links."""
+    for directory in (run.path.parent.parent, run.path.parent, run.path):
+        check_private_dir(directory)
 
 
 def find_run(state_dir: Path, run: str) -> RunDir:
     """A run by id, unique prefix, or `last`."""
     runs = state_dir / RUNS
-    candidates = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    candidates = sorted(p.name for p in runs.iterdir() if _is_run(p)) if runs.is_dir() else []
     if run == "last":
         if not candidates:
             raise UsageError(f"no runs under {runs}")
@@ -124,4 +147,9 @@ def list_runs(state_dir: Path) -> list[RunDir]:
     runs = state_dir / RUNS
     if not runs.is_dir():
         return []
-    return [RunDir(p) for p in sorted(runs.iterdir()) if p.is_dir()]
+    return [RunDir(p) for p in sorted(runs.iterdir()) if _is_run(p)]
+
+
+def _is_run(path: Path) -> bool:
+    # a dot-name is a run directory still being built (or left by a crash while it was)
+    return not path.name.startswith(".") and path.is_dir()

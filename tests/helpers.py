@@ -296,6 +296,21 @@ def wait_for_event(
     raise AssertionError("timed out waiting for a journal event")
 
 
+def wait_for_file(path: Path, *, timeout: float = 20, proc: subprocess.Popen[str] | None = None) -> str:
+    """Poll until a file a step writes has a complete line; fail on timeout or if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text()
+            if text.endswith("\n"):
+                return text
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"rollout exited {proc.returncode} before {path} was written\n{out}\n{err}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {path}")
+
+
 def is_event(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
     """A predicate: the event has this kind and these field values."""
     return lambda e: e["kind"] == kind and all(e.get(k) == v for k, v in fields.items())

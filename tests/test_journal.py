@@ -1,4 +1,4 @@
-"""The journal's hash chain and the environment lock, on real files and real processes."""
+"""The journal's hash chain, on real files and real processes."""
 
 from __future__ import annotations
 
@@ -6,32 +6,25 @@ import errno
 import functools
 import json
 import os
-import signal
 import stat
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused
+from rollout.errors import JournalCorrupt, JournalError, Refused
 from rollout.journal import (
-    EnvironmentLock,
     Event,
     Journal,
-    LockHolder,
     Record,
     event_from_dict,
     event_to_dict,
+    final_run_end,
     genesis_hash,
     read_journal,
-    read_lock_holder,
     verify_journal,
 )
 
@@ -437,6 +430,28 @@ def test_journal_of_another_plan_does_not_verify_as_this_one(journal_path: Path)
     assert "genesis" in result.reason
 
 
+def test_the_last_run_end_is_the_outcome_and_a_recover_in_progress_is_not_an_end(journal_path: Path) -> None:
+    write_journal(journal_path, lines=4, end=False)
+    with Journal.reopen(journal_path, run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        journal.append(Event("run.end", outcome="rollback_failed"), sync=True)
+        journal.append(Event("notify.delivery", outcome="delivered"), sync=True)
+        reading = read_journal(journal_path)
+        end = final_run_end(reading.records)
+        assert end is not None
+        assert end.outcome == "rollback_failed"
+        assert verify_journal(journal_path).complete
+
+        journal.append(Event("recover.start", data={"run_id": RUN_ID}), sync=True)
+        assert final_run_end(read_journal(journal_path).records) is None
+        assert not verify_journal(journal_path).complete  # a recover began and has not ended
+
+        journal.append(Event("run.end", outcome="rolled_back"), sync=True)
+    end = final_run_end(read_journal(journal_path).records)
+    assert end is not None
+    assert end.outcome == "rolled_back"
+    assert verify_journal(journal_path).complete
+
+
 def test_missing_or_empty_journal_is_not_ok(tmp_path: Path) -> None:
     missing = verify_journal(tmp_path / "nope.jsonl")
     assert not missing.ok
@@ -544,160 +559,3 @@ def test_reopen_of_an_empty_journal_expects_run_start(journal_path: Path) -> Non
         assert journal.head == genesis_hash(RUN_ID, DIGEST)
         journal.append(start_event(), sync=True)
     assert verify_journal(journal_path).ok
-
-
-# --- the environment lock ------------------------------------------------------------------
-
-HOLDER_SCRIPT = """
-import sys, time
-from rollout.journal import EnvironmentLock, LockHolder
-lock = EnvironmentLock(sys.argv[1], "prod")
-lock.acquire(LockHolder.current("run-in-child"))
-print("locked", flush=True)
-hold = float(sys.argv[2])
-if hold < 0:
-    sys.stdin.readline()
-else:
-    time.sleep(hold)
-lock.release()
-print("released", flush=True)
-"""
-
-CONTENDER_SCRIPT = """
-import sys
-from rollout.errors import LockHeld
-from rollout.journal import EnvironmentLock, LockHolder
-try:
-    EnvironmentLock(sys.argv[1], "prod").acquire(LockHolder.current("run-2"))
-except LockHeld as exc:
-    print(exc)
-    sys.exit(int(exc.exit_status))
-"""
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-@pytest.fixture
-def lock_holder_process(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """A child process holding the prod lock until its stdin gets a line."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path), "-1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline() == "locked\n"
-    yield child
-    child.kill()
-    child.wait()
-
-
-def test_second_acquire_in_another_process_fails_fast_naming_the_holder(tmp_path: Path) -> None:
-    with EnvironmentLock(tmp_path, "prod") as lock:
-        lock.acquire(LockHolder.current("run-1"))
-        started = time.monotonic()
-        contender = subprocess.run(
-            [sys.executable, "-c", CONTENDER_SCRIPT, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=30,
-            check=False,
-        )
-        assert contender.returncode == 3, contender.stderr
-        assert f"pid {os.getpid()}" in contender.stdout
-        assert "run run-1" in contender.stdout
-        assert "held for" in contender.stdout
-        assert time.monotonic() - started < 10
-
-
-def test_lock_held_by_a_live_process_is_refused_with_its_details(
-    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
-) -> None:
-    with pytest.raises(LockHeld) as caught:
-        EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("run-2"))
-    message = str(caught.value)
-    assert f"pid {lock_holder_process.pid}" in message
-    assert "run run-in-child" in message
-    assert "lock id" in message
-
-
-def test_lock_of_a_killed_holder_is_free_at_once(tmp_path: Path, lock_holder_process: subprocess.Popen[str]) -> None:
-    lock_holder_process.send_signal(signal.SIGKILL)
-    lock_holder_process.wait()
-    holder = LockHolder.current("run-after-crash")
-    with EnvironmentLock(tmp_path, "prod") as lock:
-        lock.acquire(holder)
-        assert read_lock_holder(tmp_path, "prod") == holder
-
-
-def test_acquire_with_timeout_waits_for_the_holder_to_release(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path), "0.5"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "locked\n"
-        started = time.monotonic()
-        with EnvironmentLock(tmp_path, "prod") as lock:
-            lock.acquire(LockHolder.current("patient-run"), timeout=20, poll=0.02)
-            waited = time.monotonic() - started
-            assert lock.held
-        assert 0.1 < waited < 20
-    finally:
-        child.kill()
-        child.wait()
-
-
-def test_acquire_with_a_short_timeout_gives_up(tmp_path: Path, lock_holder_process: subprocess.Popen[str]) -> None:
-    started = time.monotonic()
-    with pytest.raises(LockHeld):
-        EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("r"), timeout=0.2, poll=0.05)
-    assert 0.2 <= time.monotonic() - started < 5
-
-
-def test_read_lock_holder_reports_the_live_holder_and_none_when_free(
-    tmp_path: Path, lock_holder_process: subprocess.Popen[str]
-) -> None:
-    holder = read_lock_holder(tmp_path, "prod")
-    assert holder is not None
-    assert holder.pid == lock_holder_process.pid
-    assert holder.run_id == "run-in-child"
-    assert lock_holder_process.stdin is not None
-    assert lock_holder_process.stdout is not None
-    lock_holder_process.stdin.write("release\n")
-    lock_holder_process.stdin.flush()
-    assert lock_holder_process.stdout.readline() == "released\n"
-    assert read_lock_holder(tmp_path, "prod") is None
-    assert read_lock_holder(tmp_path, "staging") is None
-
-
-def test_lock_file_is_private_and_release_is_idempotent(tmp_path: Path) -> None:
-    lock = EnvironmentLock(tmp_path, "prod")
-    lock.acquire(LockHolder.current("run-1"))
-    assert stat.S_IMODE(lock.path.stat().st_mode) == 0o600
-    assert json.loads(lock.path.read_text())["run_id"] == "run-1"
-    lock.release()
-    lock.release()
-    assert lock.path.read_bytes() == b""
-    assert read_lock_holder(tmp_path, "prod") is None
-
-
-def test_two_lock_objects_in_one_process_exclude_each_other(tmp_path: Path) -> None:
-    with EnvironmentLock(tmp_path, "prod") as first:
-        first.acquire(LockHolder.current("run-1"))
-        with pytest.raises(LockHeld, match="run run-1"):
-            EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("run-2"))
-    EnvironmentLock(tmp_path, "prod").acquire(LockHolder.current("run-2"))
-
-
-def test_environment_name_cannot_escape_the_locks_directory(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="invalid environment name"):
-        EnvironmentLock(tmp_path, "../prod")

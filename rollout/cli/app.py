@@ -70,6 +70,28 @@ def state_dir(option: Path | None = None) -> Path:
     return Path(env) if env else Path(".rollout")
 
 
+def lock_dir(option: Path | None = None) -> Path:
+    """Where environment locks live: --lock-dir, $ROLLOUT_LOCK_DIR, or the user's XDG state directory."""
+    if option is not None:
+        return option
+    env = os.environ.get("ROLLOUT_LOCK_DIR")
+    if env:
+        return Path(env)
+    from rollout.lock import default_lock_dir
+
+    return default_lock_dir()
+
+
+LockDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--lock-dir",
+        help="Lock directory, shared by every working directory "
+        "(default: $ROLLOUT_LOCK_DIR or $XDG_STATE_HOME/rollout/locks, i.e. ~/.local/state/rollout/locks).",
+    ),
+]
+
+
 StateDirOption = Annotated[
     Path | None,
     typer.Option("--state-dir", help="State directory (default: $ROLLOUT_STATE_DIR or ./.rollout)."),

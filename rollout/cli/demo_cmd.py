@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from rollout.cli.app import StateDirOption, app, fail, state_dir, terminal
+from rollout.cli.app import StateDirOption, app, fail, lock_dir, state_dir, terminal
 from rollout.errors import ExitStatus, RolloutError, UsageError
 from rollout.journal import read_journal
 from rollout.runstore import list_runs
@@ -135,7 +135,9 @@ def demo(
             overrides = {"release": act.release, "root": str(root)}
             try:
                 schedule = prepare_schedule(loaded, "demo", overrides=overrides, run_id=new_run_id())
-                code = execute(loaded, schedule, state=state, lock_timeout=30.0, grace=5.0, overrides=overrides)
+                code = execute(
+                    loaded, schedule, state=state, locks=lock_dir(), lock_timeout=30.0, grace=5.0, overrides=overrides
+                )
             except RolloutError as exc:
                 terminal.error(str(exc))
                 code = int(exc.exit_status)

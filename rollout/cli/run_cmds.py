@@ -15,11 +15,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rollout.cli.app import StateDirOption, VarOption, app, fail, parse_vars, state_dir, terminal
+from rollout.cli.app import (
+    LockDirOption,
+    StateDirOption,
+    VarOption,
+    app,
+    fail,
+    lock_dir,
+    parse_vars,
+    state_dir,
+    terminal,
+)
 from rollout.errors import ExitStatus, JournalError, Refused, RolloutError, UsageError
 from rollout.event import Event, Outcome
-from rollout.journal import EnvironmentLock, Journal, LockHolder, read_journal, verify_journal
-from rollout.runstore import RunDir, create_run_dir, find_run, list_runs, new_run_id
+from rollout.journal import Journal, JournalReading, Record, final_run_end, read_journal, verify_journal
+from rollout.lock import EnvironmentLock, LastRun, LockHolder
+from rollout.runstore import RunDir, check_run_dir, create_run_dir, find_run, list_runs, new_run_id
 
 if TYPE_CHECKING:
     from rollout.cli.display import LiveDisplay, PlainDisplay
@@ -152,6 +163,9 @@ def _print_result(result: RunResult, run: RunDir, schedule: Schedule, redactor: 
             out(
                 f"  {len(result.failed_hosts)} host(s) failed within the failure budget and were rolled back: {', '.join(result.failed_hosts)}"
             )
+    elif result.outcome == Outcome.NOT_STARTED:
+        out("NOTHING APPLIED: the run died before any step started; no host was changed")
+        out("  its journal now ends, and `rollout verify` checks it")
     elif result.outcome == Outcome.REFUSED:
         out("REFUSED: a pre-check failed; nothing was changed on any host")
         for host, check, summary in result.failed_prechecks:
@@ -215,14 +229,16 @@ def execute(
     schedule: Schedule,
     *,
     state: Path,
+    locks: Path,
     lock_timeout: float,
     grace: float,
     overrides: dict[str, str],
 ) -> int:
     """Lock, create the run directory and journal, run the engine, report; return the exit code."""
-    lock = EnvironmentLock(state, schedule.env_name)
+    lock = EnvironmentLock(locks, schedule.plan_name, schedule.env_name)
     lock.acquire(LockHolder.current(schedule.run_id), timeout=lock_timeout)
     try:
+        _refuse_unsettled(lock)
         secret_names = sorted({n for h in schedule.hosts.values() for n in h.variables.secrets if n in overrides})
         run = create_run_dir(
             state,
@@ -239,10 +255,62 @@ def execute(
                 "plan_digest": loaded.digest,
             },
         )
+        # recorded before the journal begins: a run that dies from here on blocks the next one until recovered
+        lock.record_run(schedule.run_id, run.path)
         journal = Journal.create(run.journal, run_id=schedule.run_id, plan_digest=loaded.digest)
-        return _drive(schedule, journal, run, display=_display(schedule), grace=grace, action=lambda e: e.run())
+        code = _drive(schedule, journal, run, display=_display(schedule), grace=grace, action=lambda e: e.run())
+        _clear_if_settled(lock, run.path, run.run_id)
+        return code
     finally:
         lock.release()
+
+
+def _unsettled(run_dir: Path) -> str | None:
+    """Why the run in run_dir has not settled (died unrecovered, or rollback failed), or None if it has."""
+    from rollout.runstore import JOURNAL
+
+    if not run_dir.is_dir():
+        return f"its run directory {run_dir} is missing"
+    try:
+        reading = read_journal(run_dir / JOURNAL)
+    except JournalError as exc:
+        return f"its journal cannot be read ({exc})"
+    end = final_run_end(reading.records)
+    if end is None:
+        return "its journal has no final run.end: it died before it ended"
+    if end.outcome == Outcome.ROLLBACK_FAILED:
+        return "it ended rollback_failed: steps are still applied"
+    return None
+
+
+def _refuse_unsettled(lock: EnvironmentLock) -> None:
+    """Refuse (exit 3) while the last run under this lock has not settled, from any directory."""
+    last: LastRun | None = lock.last_run()
+    if last is None:
+        return
+    why = _unsettled(last.run_dir)
+    if why is None:
+        return  # it settled but died before clearing its record; this run replaces the record
+    hint = (
+        f"; if that directory was removed on purpose, delete {lock.record_path} to go on"
+        if not last.run_dir.is_dir()
+        else ""
+    )
+    raise Refused(
+        f"the previous run of plan {lock.plan!r} on {lock.env!r}, run {last.run_id} (directory {last.run_dir}), "
+        f"has not settled: {why}. Nothing was changed. Settle it first: "
+        f"rollout recover {last.run_id} --state-dir {last.run_dir.parent.parent}{hint}"
+    )
+
+
+def _clear_if_settled(lock: EnvironmentLock, run_dir: Path, run_id: str) -> None:
+    """Drop the lock's record of this run once its journal says it settled."""
+    if _unsettled(run_dir) is not None:
+        return
+    try:
+        lock.clear_run(run_id)
+    except JournalError as exc:
+        terminal.error(f"warning: {exc}; the next run may ask for a recover it does not need")
 
 
 def _drive(
@@ -313,6 +381,7 @@ def run(
         str, typer.Option("--grace", help="On abort, how long in-flight commands may finish before they are killed.")
     ] = "10s",
     state_dir_opt: StateDirOption = None,
+    lock_dir_opt: LockDirOption = None,
 ) -> None:
     """Execute a plan: pre-checks, guards, waves; automatic rollback on any failure."""
     from rollout.engine.prepare import prepare_schedule
@@ -346,7 +415,13 @@ def run(
             fail(UsageError("not confirmed; nothing was changed"))
     try:
         code = execute(
-            loaded, schedule, state=state_dir(state_dir_opt), lock_timeout=lock_wait, grace=grace_s, overrides=overrides
+            loaded,
+            schedule,
+            state=state_dir(state_dir_opt),
+            locks=lock_dir(lock_dir_opt),
+            lock_timeout=lock_wait,
+            grace=grace_s,
+            overrides=overrides,
         )
     except RolloutError as exc:
         fail(exc)
@@ -366,8 +441,13 @@ def recover(
         str, typer.Option("--lock-timeout", help="Wait this long for the environment lock.")
     ] = "0s",
     state_dir_opt: StateDirOption = None,
+    lock_dir_opt: LockDirOption = None,
 ) -> None:
-    """Finish what a dead run left: settle in-doubt steps with verify, roll back everything applied."""
+    """Finish what a dead run left: settle in-doubt steps with verify, roll back everything applied.
+
+    Also retries the rollbacks that remain after a run ended rollback_failed (exit 4), once
+    their cause is fixed, and settles a run that died before it began as "not_started".
+    """
     from rollout.cli.display import PlainDisplay
     from rollout.engine.prepare import prepare_schedule
     from rollout.engine.recover import recover_run
@@ -377,14 +457,12 @@ def recover(
     lock_wait = _duration_option(lock_timeout, "--lock-timeout")
     try:
         rundir = find_run(state, run_id)
+        check_run_dir(rundir)
         meta = rundir.meta()
-        reading = read_journal(rundir.journal)
-        if not reading.records:
-            raise JournalError(f"{rundir.journal}: the journal is empty")
-        digest = reading.plan_digest or meta.get("plan_digest", "")
-        ended = next((r for r in reading.records if r.kind == "run.end"), None)
-        if ended is not None and reading.torn is None:
-            terminal.print(f"run {rundir.run_id} already ended ({ended.outcome}); nothing to recover")
+        reading = _read_if_begun(rundir)
+        digest = (reading.plan_digest if reading else None) or str(meta.get("plan_digest", ""))
+        # A quick answer that needs no plan; the answer that counts is given under the lock.
+        if reading is not None and _nothing_to_recover(rundir, reading):
             raise typer.Exit(0)
         plan_path = plan or Path(meta["plan_file"])
         loaded = load_plan(plan_path)
@@ -402,15 +480,23 @@ def recover(
             )
         env_name = str(meta["environment"])
         schedule = prepare_schedule(loaded, env_name, overrides=overrides, run_id=rundir.run_id)
-        lock = EnvironmentLock(state, env_name)
+        lock = EnvironmentLock(lock_dir(lock_dir_opt), schedule.plan_name, env_name)
         lock.acquire(LockHolder.current(rundir.run_id), timeout=lock_wait)
         try:
-            journal = Journal.reopen(rundir.journal, run_id=rundir.run_id, plan_digest=digest)
+            # Under the lock: a recover that ran while this one waited has already ended the run.
+            reading = _read_if_begun(rundir)
+            if reading is not None and _nothing_to_recover(rundir, reading):
+                _clear_if_settled(lock, rundir.path, rundir.run_id)
+                raise typer.Exit(0)
+            if reading is None:
+                journal = Journal.create(rundir.journal, run_id=rundir.run_id, plan_digest=digest)
+            else:
+                journal = Journal.reopen(rundir.journal, run_id=rundir.run_id, plan_digest=digest)
             if journal.recovered is not None and journal.recovered.torn is not None:
                 terminal.error(
                     f"warning: the journal's last line was torn and was set aside in {rundir.journal}.broken"
                 )
-            events = [r.event for r in (journal.recovered.records if journal.recovered else reading.records)]
+            events = [r.event for r in journal.recovered.records] if journal.recovered else []
             code = _drive(
                 schedule,
                 journal,
@@ -419,11 +505,28 @@ def recover(
                 grace=10.0,
                 action=lambda engine: recover_run(engine, events, operator=engine.operator),
             )
+            _clear_if_settled(lock, rundir.path, rundir.run_id)
         finally:
             lock.release()
     except RolloutError as exc:
         fail(exc)
     raise typer.Exit(code)
+
+
+def _read_if_begun(rundir: RunDir) -> JournalReading | None:
+    """The run's journal, or None when the run died before creating it."""
+    if not os.path.lexists(rundir.journal):
+        return None
+    return read_journal(rundir.journal)
+
+
+def _nothing_to_recover(rundir: RunDir, reading: JournalReading) -> bool:
+    """True (and says so) when the journal's final run.end settled the run; rollback_failed has more to do."""
+    end: Record | None = final_run_end(reading.records)
+    if end is None or reading.torn is not None or end.outcome == Outcome.ROLLBACK_FAILED:
+        return False
+    terminal.print(f"run {rundir.run_id} already ended ({end.outcome}); nothing to recover")
+    return True
 
 
 def _run_summary(rundir: RunDir) -> dict[str, Any]:
@@ -444,7 +547,7 @@ def _run_summary(rundir: RunDir) -> dict[str, Any]:
         return entry
     first, last = reading.records[0], reading.records[-1]
     entry.update(plan=first.data.get("plan"), env=first.data.get("environment"), start=first.ts)
-    end = next((r for r in reversed(reading.records) if r.kind == "run.end"), None)
+    end = final_run_end(reading.records)
     # status deliveries may be journaled after run.end; they are not part of the run's duration
     entry["duration"] = round((end or last).mono - first.mono, 3)
     entry["outcome"] = end.outcome if end else "in progress or died (see `rollout recover`)"
@@ -504,7 +607,7 @@ def timeline(
             if len(reading.records) > shown:
                 quiet_since = time.monotonic()
             shown = len(reading.records)
-            ended = any(r.kind == "run.end" for r in reading.records)
+            ended = final_run_end(reading.records) is not None
             # after run.end, status deliveries still land for up to the notifier's flush bound
             if not follow or (ended and time.monotonic() - quiet_since > FOLLOW_SETTLE):
                 break
@@ -583,25 +686,31 @@ def _plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
 
 
 @app.command(
-    epilog="Example:\n\n  rollout unlock production --lock-id 3f9a2c1d0b7e6a54\n\n"
+    epilog="Example:\n\n  rollout unlock production --plan order-gateway-metadata --lock-id 3f9a2c1d0b7e6a54\n\n"
     "The lock id is printed when a run is refused because the lock is held.",
 )
 def unlock(
     env: Annotated[str, typer.Argument(metavar="ENV", help="The environment whose lock to force.", show_default=False)],
+    plan_name: Annotated[
+        str,
+        typer.Option(
+            "--plan", help="The plan's name (its `name:`, as in the refusal message), not its file.", show_default=False
+        ),
+    ],
     lock_id: Annotated[
         str, typer.Option("--lock-id", help="The holder's lock id (from the refusal message).", show_default=False)
     ],
-    state_dir_opt: StateDirOption = None,
+    lock_dir_opt: LockDirOption = None,
 ) -> None:
-    """Force an environment lock whose holder is stuck: only with the holder's lock id."""
-    from rollout.journal import force_unlock
+    """Force the lock of a plan on an environment whose holder is stuck: only with the holder's lock id."""
+    from rollout.lock import force_unlock
 
     try:
-        holder = force_unlock(state_dir(state_dir_opt), env, lock_id)
+        holder = force_unlock(lock_dir(lock_dir_opt), plan_name, env, lock_id)
     except (RolloutError, ValueError) as exc:
         fail(exc if isinstance(exc, RolloutError) else UsageError(str(exc)))
-    terminal.print(f"forced the lock on {env!r}, held by {holder.describe()}")
+    terminal.print(f"forced the lock of plan {plan_name!r} on {env!r}, held by {holder.describe()}")
     terminal.print(
         f"  if pid {holder.pid} on {holder.host} is still running it may still change targets: stop it, "
-        f"then `rollout recover {holder.run_id}` to roll back what it left"
+        f"then `rollout recover {holder.run_id}` to roll back what it left (new runs refuse until then)"
     )

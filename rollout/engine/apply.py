@@ -60,6 +60,7 @@ EXIT_FOR_OUTCOME = {
     Outcome.INTERRUPTED: ExitStatus.INTERRUPTED,
     Outcome.JOURNAL_FAILED: ExitStatus.JOURNAL,
     Outcome.INTERNAL_ERROR: ExitStatus.JOURNAL,
+    Outcome.NOT_STARTED: ExitStatus.SUCCESS,
 }
 
 

@@ -21,7 +21,8 @@ class JournalState:
     """What the journal says is still applied, host by host, oldest first."""
 
     applied: dict[str, list[AppliedStep]]
-    finished: str | None  # the run.end outcome, if the run ended
+    finished: str | None  # the last run.end outcome, if the run ended
+    changed: bool = True  # whether any step ever started (False: nothing can have changed)
 
 
 def state_from_events(events: Sequence[Event], schedule: Schedule) -> JournalState:
@@ -29,14 +30,19 @@ def state_from_events(events: Sequence[Event], schedule: Schedule) -> JournalSta
     stacks: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
     index: dict[tuple[str, str], AppliedStep] = {}
     finished: str | None = None
+    changed = False
     for event in events:
         if event.kind == EventKind.RUN_END:
-            finished = event.outcome
+            finished = event.outcome  # the last one wins: a recover after rollback_failed ends again
+            continue
+        if event.kind == EventKind.RECOVER_START:
+            finished = None
             continue
         if event.host is None or event.step is None or event.host not in schedule.hosts:
             continue
         key = (event.host, event.step)
         if event.kind == EventKind.STEP_INTENT:
+            changed = True
             item = index.get(key)
             if item is None or item.state == "rolled_back":
                 step = next((s for s in schedule.hosts[event.host].steps if s.name == event.step), None)
@@ -60,12 +66,20 @@ def state_from_events(events: Sequence[Event], schedule: Schedule) -> JournalSta
             elif event.outcome != "skipped":
                 index[key].state = "applied"
     live = {h: [a for a in stack if a.state != "rolled_back"] for h, stack in stacks.items()}
-    return JournalState(applied={h: v for h, v in live.items() if v}, finished=finished)
+    return JournalState(applied={h: v for h, v in live.items() if v}, finished=finished, changed=changed)
 
 
 def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> RunResult:
-    """Settle in-doubt steps with their verify, then roll back everything still applied."""
+    """Settle in-doubt steps with their verify, then roll back everything still applied.
+
+    Also after a run that ended rollback_failed: the rollbacks that remain are tried again
+    (the operator has fixed their cause), in the same journal, which ends with a second
+    run.end. A run that died before any step started ends "not_started": nothing applied.
+    """
     schedule = engine.schedule
+    if not any(e.kind == EventKind.RUN_START for e in events):
+        # killed at or before its first line: begin the journal the run never began
+        engine._emit(Event(EventKind.RUN_START, data=engine._run_start_data()), sync=True)
     state = state_from_events(events, schedule)
     engine._emit(
         Event(
@@ -74,10 +88,14 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
                 "run_id": schedule.run_id,
                 "operator": operator,
                 "applied": {h: [f"{a.step.name} ({a.state})" for a in v] for h, v in state.applied.items()},
+                "after": state.finished,
             },
         ),
         sync=True,
     )
+    if not state.changed:
+        cause = Cause("recover", "the run died before any step started: nothing was applied")
+        return engine._end_unchanged(Outcome.NOT_STARTED, cause)
     for host, stack in state.applied.items():
         for item in stack:
             if item.state not in ("in_doubt", "rollback_in_doubt"):
@@ -109,7 +127,10 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
                 sync=True,
             )
             item.state = "applied"
-    cause = Cause("recover", "the orchestrator died before the run ended; rolling back what it applied")
+    if state.finished == Outcome.ROLLBACK_FAILED:
+        cause = Cause("recover", "the run's rollback failed; retrying the rollbacks that remain")
+    else:
+        cause = Cause("recover", "the orchestrator died before the run ended; rolling back what it applied")
     result = engine.roll_back(cause, interrupted=False, applied=state.applied)
     if result.outcome == Outcome.ROLLED_BACK and not state.applied:
         return RunResult(Outcome.ROLLED_BACK, cause=cause, guards_green=result.guards_green)

@@ -19,7 +19,7 @@ from typing import Any
 
 from rollout.errors import JournalError
 from rollout.event import EventKind, Outcome
-from rollout.journal import Record, read_journal
+from rollout.journal import Record, final_run_end, read_journal
 from rollout.report.timeline import describe_event
 from rollout.runstore import RunDir
 
@@ -196,10 +196,14 @@ def _first(records: Sequence[Record], kind: str, outcome: str | None = None) -> 
     return next((r for r in records if r.kind == kind and (outcome is None or r.outcome == outcome)), None)
 
 
+def _last(records: Sequence[Record], kind: str) -> Record | None:
+    return next((r for r in reversed(records) if r.kind == kind), None)
+
+
 def _summary(records: Sequence[Record], run_id: str) -> Summary:
     start = records[0]
     d: Mapping[str, Any] = start.data if start.kind == EventKind.RUN_START else {}
-    end = next((r for r in reversed(records) if r.kind == EventKind.RUN_END), None)
+    end = final_run_end(records)  # a recover after rollback_failed ends the run a second time
     reached = list(dict.fromkeys(r.host for r in records if r.kind == EventKind.STEP_INTENT and r.host))
     return Summary(
         run_id=str(d.get("run_id") or run_id),
@@ -245,7 +249,7 @@ def _impact(records: Sequence[Record]) -> tuple[Impact | None, dict[int, str]]:
     tripped = _first(after, EventKind.GUARD_STATE, "tripped") if begins.outcome != "tripped" else begins
     detected = tripped or _first(after, EventKind.ABORT)
     rb_start = _first(after, EventKind.ROLLBACK_START)
-    rb_end = _first(after, EventKind.ROLLBACK_END)
+    rb_end = _last(after, EventKind.ROLLBACK_END)
     recovery = _first(after, EventKind.RECOVERY, "green")
     ends = emptied or recovery
     markers = {begins.seq: "OUTAGE BEGINS: first failing guard probe"}
@@ -363,8 +367,9 @@ def _rollback(records: Sequence[Record]) -> Rollback | None:
     start = _first(records, EventKind.ROLLBACK_START)
     if start is None and not results:
         return None
-    end = _first(records, EventKind.ROLLBACK_END)
-    recovery = _first(records, EventKind.RECOVERY)
+    # the last rollback (a recover's retry after a failed one) says what remains
+    end = _last(records, EventKind.ROLLBACK_END)
+    recovery = _last(records, EventKind.RECOVERY)
     actions = [
         RollbackAction(
             time=r.ts,
@@ -436,7 +441,7 @@ def _picture(records: Sequence[Record]) -> tuple[list[Bar], list[GuardSegment], 
         for h in hosts:
             states[h] = {}
             current[h] = ("green", off(guards_start))
-        stop = next((r for r in records if r.kind in (EventKind.RUN_END,)), records[-1])
+        stop = final_run_end(records) or records[-1]
         for r in records:
             if r.kind != EventKind.GUARD_STATE or r.host is None:
                 continue
