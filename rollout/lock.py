@@ -423,7 +423,11 @@ def read_lock_holder(lock_dir: Path | str, plan: str, env: str, *, wait: float =
         while True:
             if not _is_locked(fd):
                 return None
-            holder = _current_holder(os.pread(fd, 1 << 16, 0))
+            raw = os.pread(fd, 1 << 16, 0)
+            # A read is not atomic against the holder's pwrite: a torn read can splice two
+            # holders' lines into a well-formed one that names neither. Two equal reads in a
+            # row cannot both be mid-write.
+            holder = _current_holder(raw) if raw == os.pread(fd, 1 << 16, 0) else None
             if holder is not None:
                 return holder
             # held, and the file still names the previous holder: the new one writes next
