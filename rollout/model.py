@@ -25,9 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+# ASCII digits only: `\d` would also take "١٠s" and float() would read it as 10 seconds.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h))+$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 # A duration is a real wait on the monotonic clock: never NaN or infinite (a NaN timeout
 # never fires, an infinite one overflows the first deadline computed from it), and never
 # longer than a week, the longest a person would sit through a rollout.
@@ -148,7 +149,7 @@ class Percent:
         return max(1, min(total, -(-int(self.value * total) // 100)))
 
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 
 
 def parse_percent(value: object) -> Percent:

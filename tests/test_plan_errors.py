@@ -181,6 +181,12 @@ CASES: dict[str, BadPlan] = {
         location="plan.yaml:12:5",
         path="prechecks[0].timeout",
     ),
+    "duration in non-ASCII digits": BadPlan(
+        files={"plan.yaml": GOOD + "    timeout: \u0661\u0660s\n"},
+        expected=("is not a duration",),
+        location="plan.yaml:10:5",
+        path="steps[0].timeout",
+    ),
     "wave of 0%": BadPlan(
         files={"plan.yaml": GOOD + "strategy:\n  waves: [0%, 100%]\n"},
         expected=("percentage '0%' is out of range",),
