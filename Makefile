@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint typecheck bench clean sshd-deps
+.PHONY: demo test check lint typecheck bench clean sshd-deps fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(VENV)/.installed
 
 test: $(STAMP) sshd-deps
 	$(PY) -m pytest -q
+
+# Many more hypothesis examples than `make test` runs (ROLLOUT_FUZZ_EXAMPLES=N to choose).
+fuzz: $(STAMP)
+	ROLLOUT_FUZZ_EXAMPLES=$${ROLLOUT_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -m fuzz -p no:cacheprovider --timeout 3600
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rollout tests bench examples
