@@ -11,9 +11,11 @@ of every element of the list `instruments`, `a.b[].c` nests. Violations are loca
 JSON paths of the concrete value: `$.instruments[17].tick_size`.
 
 This module never does I/O and never raises for a bad document: every problem of the
-document is a `Violation`. It raises `MetadataError` only when the input cannot be read at
-all, or a schema or key path is itself malformed or matches no value at all: a typo
-(`instruments[].symbl`) would otherwise check nothing and pass. jsonschema is imported inside the
+document is a `Violation`, including a rule whose key path matches no value at all (a typo
+like `instruments[].symbl`, or a field the whole document lacks), which would otherwise
+check nothing and pass. It raises `MetadataError` only when the input cannot be read at
+all, a schema or key path is itself malformed, or a record key is found in no record of
+either version. jsonschema is imported inside the
 functions that need it, so importing rollout stays fast; YAML goes through
 `rollout.planfile`, the one module that imports yaml.
 """
@@ -165,40 +167,49 @@ def _first_miss(doc: Any, tokens: Sequence[Token]) -> tuple[int, list[str]] | No
     return None
 
 
-def unmatched_path_error(path: str, docs: Sequence[Any], *, role: str = "key path") -> MetadataError:
-    """The error for a key path that matches no value: where it stops, and the nearest field."""
+def _explain_unmatched(path: str, docs: Sequence[Any]) -> tuple[str, str]:
+    """Where a path that matches no value stops (a JSON path) and why, with the nearest field."""
     tokens = parse_key_path(path)
     miss = next((m for m in (_first_miss(doc, tokens) for doc in docs) if m is not None), None)
     if miss is None:
-        return MetadataError(f"{role} {path!r} matches no value")
+        return "$", "matches no value"
     i, names = miss
+    stop = json_path([t for t in tokens[:i] if isinstance(t, str)])
     at = format_key_path(tokens[:i]) or "the top level"
     token = tokens[i]
     if isinstance(token, _Each):
-        return MetadataError(f"{role} {path!r} matches no value: {at} is not a list")
+        return stop, f"matches no value: {at} is not a list"
     close = difflib.get_close_matches(token, names, n=1, cutoff=0.5)
     if close:
+        # the suggestion first: summaries of a failed check are cut to a line
         nearest = format_key_path((*tokens[:i], close[0], *tokens[i + 1 :]))
-        hint = f"; the nearest existing field is {close[0]!r} ({nearest})"
-    elif names:
-        hint = f"; fields there: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
-    else:
-        hint = "; there are no fields there"
-    return MetadataError(f"{role} {path!r} matches no value: no field {token!r} at {at}{hint}")
+        return stop, f"matches no value; nearest existing field: {nearest} (no field {token!r} at {at})"
+    if names:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        return stop, f"matches no value: no field {token!r} at {at} (fields there: {shown})"
+    return stop, f"matches no value: no field {token!r} at {at}, which has no fields"
+
+
+def unmatched_path_error(path: str, docs: Sequence[Any], *, role: str = "key path") -> MetadataError:
+    """The error for a key path that matches no value: where it stops, and the nearest field."""
+    return MetadataError(f"{role} {path!r} {_explain_unmatched(path, docs)[1]}")
 
 
 def require_match(path: str, doc: Any, *others: Any, role: str = "key path") -> None:
     """MetadataError when `path` matches no value in `doc` nor in any of `others`."""
-    _walk_matching(doc, path, role=role, also=others)
+    if _unmatched(doc, parse_key_path(path), others):
+        raise unmatched_path_error(path, [doc, *others], role=role)
 
 
-def _walk_matching(doc: Any, path: str, *, role: str, also: Sequence[Any] = ()) -> list[tuple[Loc, Any]]:
-    """`_walk`, but a path that matches no value (in `doc` nor in any of `also`) is an error."""
-    tokens = parse_key_path(path)
-    walked = _walk(doc, tokens)
-    if _matches_nothing(walked) and all(_matches_nothing(_walk(other, tokens)) for other in also):
-        raise unmatched_path_error(path, [doc, *also], role=role)
-    return walked
+def _unmatched(doc: Any, tokens: Sequence[Token], others: Sequence[Any] = ()) -> bool:
+    """Whether `tokens` match no value in `doc` nor in any of `others`."""
+    return _matches_nothing(_walk(doc, tokens)) and all(_matches_nothing(_walk(other, tokens)) for other in others)
+
+
+def _unmatched_violation(path: str, docs: Sequence[Any], rule: str) -> Violation:
+    """A rule over a path that reaches nothing checks nothing: that is itself a violation."""
+    where, why = _explain_unmatched(path, docs)
+    return Violation(where, rule, f"{rule} path {path!r} {why}")
 
 
 def _flatten(loc: Loc) -> list[str | int]:
@@ -596,7 +607,10 @@ class Invariants:
 
 def _check_unique(doc: Any, path: str) -> Iterator[Violation]:
     first: dict[Any, Loc] = {}
-    for loc, value in _walk_matching(doc, path, role="unique"):
+    walked = _walk(doc, parse_key_path(path))
+    if _matches_nothing(walked):
+        yield _unmatched_violation(path, [doc], "unique")
+    for loc, value in walked:
         if value is _MISSING:
             continue  # absence is the schema's (or non_empty's) business
         seen = first.setdefault(value if type(value) is str else _hashable(value), loc)
@@ -609,8 +623,14 @@ def _check_unique(doc: Any, path: str) -> Iterator[Violation]:
 
 
 def _check_references(doc: Any, source: str, target: str) -> Iterator[Violation]:
-    targets = {_hashable(v) for _, v in _walk_matching(doc, target, role="references target") if v is not _MISSING}
-    for loc, value in _walk_matching(doc, source, role="references source"):
+    target_walk = _walk(doc, parse_key_path(target))
+    source_walk = _walk(doc, parse_key_path(source))
+    for path, walked in ((source, source_walk), (target, target_walk)):
+        if _matches_nothing(walked):
+            yield _unmatched_violation(path, [doc], "references")
+            return
+    targets = {_hashable(v) for _, v in target_walk if v is not _MISSING}
+    for loc, value in source_walk:
         if value is _MISSING or value is None:
             continue
         if _hashable(value) not in targets:
@@ -634,7 +654,10 @@ def _check_bound(doc: Any, bound: Bound) -> Iterator[Violation]:
     ]
     limits = [(lim, test, op) for lim, test, op in numeric if lim is not None]
     allowed = None if bound.one_of is None else {_hashable(v) for v in bound.one_of}
-    for loc, value in _walk_matching(doc, bound.path, role="bounds path"):
+    walked = _walk(doc, parse_key_path(bound.path))
+    if _matches_nothing(walked):
+        yield _unmatched_violation(bound.path, [doc], "bounds")
+    for loc, value in walked:
         if value is _MISSING:
             continue
         if allowed is not None and _hashable(value) not in allowed:
@@ -652,7 +675,9 @@ def _check_bound(doc: Any, bound: Bound) -> Iterator[Violation]:
 
 def _check_immutable(doc: Any, baseline: Any, path: str, key: str | None) -> Iterator[Violation]:
     tokens = parse_key_path(path)
-    _walk_matching(doc, path, role="immutable", also=[baseline])
+    if _unmatched(doc, tokens, [baseline]):
+        yield _unmatched_violation(path, [doc, baseline], "immutable")
+        return
     if not any(isinstance(t, _Each) for t in tokens):
         (new_loc, new), (_, old) = _walk(doc, tokens)[0], _walk(baseline, tokens)[0]
         if not _same(old, new) and not (old is _MISSING and new is _MISSING):
