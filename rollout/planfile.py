@@ -902,10 +902,10 @@ class _Scope(Mapping[str, Any]):
 
     def _too_large(self, name: str, exc: TemplateTooLarge) -> TemplateError:
         """The oversized variable, located where it is defined (or named as a --var)."""
-        loc = self._origin.get(name, ())
-        given = "" if loc else " (given with --var)"
+        loc = self._origin.get(name)  # () for a --var, None for a built-in
+        given = " (given with --var)" if loc == () else ""
         message = _where(TemplateProblem(f"variable '{name}'{given} {exc}"), *self._where)
-        return TemplateError(message, **_location(self._loaded, loc))
+        return TemplateError(message, **_location(self._loaded, loc or ()))
 
     def __contains__(self, name: object) -> bool:
         return name in self._raw

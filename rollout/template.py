@@ -45,7 +45,7 @@ class RenderBudget:
         self.used += chars
         if self.used > self.limit:
             raise TemplateTooLarge(
-                f"rendering this plan substitutes more than {self.limit} characters in all "
+                f"passes the plan's rendering limit: more than {self.limit} characters substituted in all "
                 "(variables that expand each other exponentially?)"
             )
 

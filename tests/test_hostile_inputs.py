@@ -111,6 +111,16 @@ def test_a_field_over_the_value_limit_is_located_at_the_field(tmp_path: Path) ->
     assert f"{plan}:15:5: error at steps[0].run: renders to more than {MAX_VALUE_CHARS}" in caught.value.render()
 
 
+def test_an_oversized_var_given_on_the_command_line_says_so(tmp_path: Path, cli: Cli) -> None:
+    text = _nested_bomb(5).replace("run: echo {{ a5 }}", "run: echo {{ big }}")
+    plan = _write(tmp_path, text)
+
+    result = cli("validate", str(plan), "--var", "big={{ a5 }}{{ a5 }}")
+
+    assert result.code == 2
+    assert f"variable 'big' (given with --var) renders to more than {MAX_VALUE_CHARS} characters" in result.out
+
+
 def test_total_rendering_work_for_a_plan_is_bounded(tmp_path: Path) -> None:
     # every value is under the per-value limit, but 80 hosts x ~2 MB each is over the plan's
     hosts = "".join(f"      h{i}: {{}}\n" for i in range(80))
@@ -122,7 +132,7 @@ def test_total_rendering_work_for_a_plan_is_bounded(tmp_path: Path) -> None:
 
     assert time.perf_counter() - started < 5.0
     assert len(problems) == 1
-    assert f"more than {MAX_RENDER_CHARS} characters in all" in problems[0].render()
+    assert f"passes the plan's rendering limit: more than {MAX_RENDER_CHARS} characters" in problems[0].render()
 
 
 # --- 2. durations on the command line -----------------------------------------------
