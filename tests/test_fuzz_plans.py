@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import resource
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ DEFAULT_EXAMPLES = 15
 EXAMPLES = int(os.environ.get("ROLLOUT_FUZZ_EXAMPLES", str(DEFAULT_EXAMPLES)))
 FUZZ = settings(
     max_examples=EXAMPLES,
-    deadline=timedelta(seconds=2),
+    deadline=None,  # wall-clock deadlines flake on a loaded machine; _validate times CPU
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=EXAMPLES <= DEFAULT_EXAMPLES,  # the bounded run in `make test` is the same every time
 )
@@ -186,14 +185,17 @@ YAML_NOISE = st.text(alphabet="abc:-{}[],&*!|>'\"#%@`? \n\t0123456789.", max_siz
 
 
 def _validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    started = time.monotonic()
+    # The 2 s are CPU seconds, which other load on the machine does not inflate; the
+    # wall clock only catches a validate that blocks (and so spends no CPU at all).
+    started, cpu_started = time.monotonic(), time.process_time()
     code = run_cli(["validate", str(path)])
-    elapsed = time.monotonic() - started
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu_started
     captured = capsys.readouterr()
     output = captured.out + captured.err
     assert code in (0, 2), output
     assert "Traceback" not in output
-    assert elapsed < 2.0, f"validate took {elapsed:.1f}s"
+    assert cpu < 2.0, f"validate took {cpu:.1f} s of CPU"
+    assert elapsed < 30.0, f"validate took {elapsed:.1f} s"
     return code, output
 
 
