@@ -33,6 +33,11 @@ demo: $(VENV)/.installed
 test: $(STAMP) sshd-deps
 	$(PY) -m pytest -q
 
+# Many more hypothesis examples than `make test` runs (ROLLOUT_FUZZ_EXAMPLES=N to choose).
+fuzz: $(STAMP)
+	ROLLOUT_FUZZ_EXAMPLES=$${ROLLOUT_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -m fuzz -p no:cacheprovider --timeout 3600
+	ROLLOUT_MODEL_EXAMPLES=$${ROLLOUT_MODEL_EXAMPLES:-2000} $(PY) -m pytest -q -p no:cacheprovider --timeout 3600 tests/test_engine_model.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rollout tests bench examples
 	$(VENV)/bin/ruff format --check rollout tests bench examples
@@ -42,9 +47,6 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# Many more random examples than `make test` runs: the engine's invariants under random plans and failures.
-fuzz: $(STAMP)
-	ROLLOUT_MODEL_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_engine_model.py
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -7,8 +7,10 @@ the planfile module, never here.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,25 +25,57 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+# ASCII digits only: `\d` would also take "١٠s" and float() would read it as 10 seconds.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h))+$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# A duration is a real wait on the monotonic clock: never NaN or infinite (a NaN timeout
+# never fires, an infinite one overflows the first deadline computed from it), and never
+# longer than a week, the longest a person would sit through a rollout.
+MIN_DURATION = 0.001
+HOUR = 3600.0
+WEEK = 7 * 24 * HOUR
 
 
-def parse_duration(value: object) -> float:
-    """`500ms`, `10s`, `5m`, `1h30m` (or a number of seconds) -> seconds."""
+def _seconds(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 500ms, 10s or 5m, not a boolean")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
+    if isinstance(value, int):
+        # compared as an int: float() of a 400-digit integer raises OverflowError
+        return float(min(value, 10 * int(WEEK))) if value >= 0 else -1.0
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
+        return value
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 500ms, 10s or 5m")
     text = value.strip()
     if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"{value!r} is not a duration: use a number with ms, s, m or h (e.g. 500ms, 10s, 5m)")
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+        raise ValueError(f"{_shown(value)} is not a duration: use a number with ms, s, m or h (e.g. 500ms, 10s, 5m)")
+    total = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    return total if math.isfinite(total) else 10 * WEEK
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_duration(value: object, *, minimum: float = 0.0, maximum: float = WEEK) -> float:
+    """`500ms`, `10s`, `5m`, `1h30m` (or a number of seconds) -> seconds, within bounds.
+
+    `minimum` 0 allows zero ("no wait"); a positive minimum refuses zero as meaningless.
+    """
+    seconds = _seconds(value)
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if seconds < minimum:
+        if seconds == 0:
+            raise ValueError(f"a duration of zero means nothing here: use at least {format_duration(minimum)}")
+        raise ValueError(f"{_shown(value)} is too short: use at least {format_duration(minimum)}")
+    if seconds > maximum:
+        raise ValueError(f"{_shown(value)} is too long: at most {format_duration(maximum)}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -57,19 +91,45 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _duration_schema(minimum: float, maximum: float) -> dict[str, Any]:
+    shortest = "0s" if minimum == 0 else format_duration(minimum)
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": DURATION_PATTERN},
+            {"type": "number", "minimum": minimum, "maximum": maximum},
+        ],
+        "description": f"a duration: 500ms, 10s, 5m, 1h (or seconds as a number), from {shortest} to {format_duration(maximum)}",
+    }
+
+
+# The four kinds of duration in a plan, each with its bounds (README, "Durations"):
+# Duration: how long one step (or its rollback) may run, 1ms..168h (a week).
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(partial(parse_duration, minimum=MIN_DURATION, maximum=WEEK)),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "number", "minimum": 0},
-            ],
-            "description": "a duration: 500ms, 10s, 5m, 1h (or seconds as a number)",
-        }
-    ),
+    WithJsonSchema(_duration_schema(MIN_DURATION, WEEK)),
+]
+# ProbeDuration: a timeout or period of one probe (check, guard, connect, webhook), 1ms..1h.
+ProbeDuration = Annotated[
+    float,
+    BeforeValidator(partial(parse_duration, minimum=MIN_DURATION, maximum=HOUR)),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(_duration_schema(MIN_DURATION, HOUR)),
+]
+# Delay: a pause between attempts, where zero means "at once", 0..1h.
+Delay = Annotated[
+    float,
+    BeforeValidator(partial(parse_duration, minimum=0.0, maximum=HOUR)),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(_duration_schema(0.0, HOUR)),
+]
+# Bake: how long guards must stay green after a wave, where zero means no bake, 0..168h.
+BakeDuration = Annotated[
+    float,
+    BeforeValidator(partial(parse_duration, minimum=0.0, maximum=WEEK)),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(_duration_schema(0.0, WEEK)),
 ]
 
 
@@ -89,7 +149,7 @@ class Percent:
         return max(1, min(total, -(-int(self.value * total) // 100)))
 
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 
 
 def parse_percent(value: object) -> Percent:
@@ -328,9 +388,9 @@ class Check(Model):
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
     metadata: MetadataCheck | None = None
-    timeout: Duration = 10.0
+    timeout: ProbeDuration = 10.0
     retries: int = Field(default=0, ge=0, le=100)
-    interval: Duration = 1.0
+    interval: Delay = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -371,9 +431,9 @@ class Check(Model):
 class Guard(Check):
     """A check that runs continuously on every host from the first change to the last bake."""
 
-    every: Duration = 1.0
+    every: ProbeDuration = 1.0
     fail_after: int = Field(default=3, description="consecutive failures that trip an abort")
-    timeout: Duration = 2.0
+    timeout: ProbeDuration = 2.0
 
     @model_validator(mode="after")
     def _guard_bounds(self) -> Guard:
@@ -397,7 +457,7 @@ class Step(Model):
     timeout: Duration = 300.0
     rollback_timeout: Duration | None = None
     retries: int = Field(default=0, ge=0, le=100)
-    retry_delay: Duration = 1.0
+    retry_delay: Delay = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -427,7 +487,7 @@ class Strategy(Model):
         default_factory=_all_hosts_in_one_wave,
         description="cumulative targets: [1, 25%, 100%] = one host, then up to a quarter, then all",
     )
-    bake: Duration = 0.0
+    bake: BakeDuration = 0.0
     failure_budget: CountOrPercent = Field(
         default=0, description="hosts that may fail (and are rolled back) before the run aborts"
     )
@@ -448,7 +508,7 @@ class SshOptions(Model):
     port: int = Field(default=22, ge=1, le=65535)
     identity_file: str | None = None
     known_hosts: str | None = None
-    connect_timeout: Duration = 10.0
+    connect_timeout: ProbeDuration = 10.0
 
 
 class Host(Model):
@@ -507,7 +567,7 @@ class WebhookSink(Model):
 
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout: Duration = 5.0
+    timeout: ProbeDuration = 5.0
     retries: int = Field(default=3, ge=0, le=10)
 
 

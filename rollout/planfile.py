@@ -15,6 +15,8 @@ import difflib
 import hashlib
 import json
 import os
+import re
+import stat
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from rollout.errors import PlanError, TemplateError
 from rollout.model import Plan, SecretVar
-from rollout.template import TemplateProblem, render
+from rollout.template import RenderBudget, TemplateProblem, TemplateTooLarge, render
 
 MAX_PLAN_BYTES = 1024 * 1024
 MAX_NODES = 200_000
@@ -324,12 +326,52 @@ def load_yaml_document(text: str, name: str) -> Any:
     return _Builder(name).build_document(node)
 
 
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; PlanError otherwise.
+
+    Opened non-blocking and checked with fstat before the first read: a FIFO would block
+    the open (or the read) forever, and a device such as /dev/zero never ends.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise PlanError("is a directory, not a plan file")
+        if not stat.S_ISREG(info.st_mode):
+            raise PlanError(
+                f"is {_file_kind(info.st_mode)}, not a regular file: plans are read from regular files only"
+            )
+        if info.st_size > limit:
+            raise PlanError(f"the file is {info.st_size} bytes; plans are capped at {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > limit:
+                raise PlanError(f"the file is more than {limit} bytes; plans are capped at {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
 def _read_plan_text(path: Path, shown: str) -> str:
     try:
-        size = path.stat().st_size
-        if size > MAX_PLAN_BYTES:
-            raise PlanError(f"the file is {size} bytes; plans are capped at {MAX_PLAN_BYTES} bytes", file=shown)
-        data = path.read_bytes()
+        data = _read_regular_file(path, MAX_PLAN_BYTES)
+    except PlanError as exc:
+        raise PlanError(exc.message, file=shown) from None
     except FileNotFoundError as exc:
         raise PlanError("no such file", file=shown) from exc
     except IsADirectoryError as exc:
@@ -455,6 +497,17 @@ class _Loader:
                 marks,
                 loc,
                 f"include {entry!r} resolves outside the plan's directory (through a symlink)",
+                shown,
+            )
+        try:
+            mode = resolved.stat().st_mode
+        except OSError:
+            mode = None  # missing or unreadable: reading it says which, naming the file
+        if mode is not None and not stat.S_ISREG(mode):
+            raise _fail(
+                marks,
+                loc,
+                f"include {entry!r} is {_file_kind(mode)}, not a regular file: only regular files are included",
                 shown,
             )
         if resolved in stack:
@@ -691,6 +744,8 @@ class Variables:
     values: Mapping[str, Any]
     secrets: frozenset[str]
     origin: dict[str, Loc]
+    # shared by every host and environment rendered for one plan: bounds the total work
+    budget: RenderBudget = field(default_factory=RenderBudget)
 
 
 def _var_value(value: Any, *, for_validation: bool, name: str) -> tuple[Any, bool]:
@@ -715,6 +770,7 @@ def host_variables(
     overrides: Mapping[str, str] | None = None,
     run_id: str = "RUN_ID",
     for_validation: bool = False,
+    budget: RenderBudget | None = None,
 ) -> Variables:
     """Plan vars < environment vars < host vars < --var, plus built-ins, rendered."""
     plan = loaded.plan
@@ -754,20 +810,69 @@ def host_variables(
     for name in builtins:
         if name in raw and origin[name]:
             raise loaded.error(origin[name], f"'{name}' is a built-in variable and cannot be redefined")
-    return Variables(
-        values=_Scope(loaded, {**raw, **builtins}, origin),
-        secrets=frozenset(secrets),
-        origin=origin,
-    )
+    budget = budget if budget is not None else RenderBudget()
+    scope = _Scope(loaded, {**raw, **builtins}, origin, budget=budget, where=(env_name, host_name))
+    return Variables(values=scope, secrets=frozenset(secrets), origin=origin, budget=budget)
+
+
+BUILTIN_VARIABLES = ("env", "run_id", "plan", "plan_dir", "host", "address")
+_TEMPLATE_NAME = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def plan_variable_names(loaded: LoadedPlan) -> set[str]:
+    """Every variable the plan defines (at any level) or names in a template."""
+    plan = loaded.plan
+    names = set(plan.vars)
+    for env in plan.environments.values():
+        names.update(env.vars)
+        for host_name in env.hosts:
+            names.update(env.host(host_name).vars)
+    for data in loaded.files.values():
+        names.update(_TEMPLATE_NAME.findall(data.decode("utf-8")))
+    return names - set(BUILTIN_VARIABLES)
+
+
+def check_overrides(loaded: LoadedPlan, overrides: Mapping[str, str] | None) -> None:
+    """A `--var` must name a variable the plan defines or uses: a typo would be ignored."""
+    if not overrides:
+        return
+    known = plan_variable_names(loaded)
+    for name in overrides:
+        if name in BUILTIN_VARIABLES:
+            raise PlanError(f"--var {name}: '{name}' is a built-in variable and cannot be set", file=loaded.shown)
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        if close:
+            hint = "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        elif known:
+            listed = sorted(known)
+            hint = "its variables: " + ", ".join(listed[:20]) + (", ..." if len(listed) > 20 else "")
+        else:
+            hint = "it has no variables"
+        raise PlanError(
+            f"--var {name}: the plan neither defines nor uses a variable '{name}' ({hint})",
+            file=loaded.shown,
+        )
 
 
 class _Scope(Mapping[str, Any]):
     """Variables resolved on first use, so a variable may refer to others (and to `host`)."""
 
-    def __init__(self, loaded: LoadedPlan, raw: dict[str, Any], origin: dict[str, Loc]) -> None:
+    def __init__(
+        self,
+        loaded: LoadedPlan,
+        raw: dict[str, Any],
+        origin: dict[str, Loc],
+        *,
+        budget: RenderBudget,
+        where: tuple[str, str | None],
+    ) -> None:
         self._loaded = loaded
         self._raw = raw
         self._origin = origin
+        self._budget = budget
+        self._where = where
         self._done: dict[str, Any] = {}
         self._resolving: list[str] = []
 
@@ -781,7 +886,9 @@ class _Scope(Mapping[str, Any]):
                 raise TemplateProblem(f"variables refer to each other in a cycle: {cycle}")
             self._resolving.append(name)
             try:
-                value = render(value, self)
+                value = render(value, self, budget=self._budget)
+            except TemplateTooLarge as exc:
+                raise self._too_large(name, exc) from None
             except TemplateProblem as exc:
                 mark = self._loaded.source.find(self._origin.get(name, ()))
                 where = f" at {mark}" if mark else ""
@@ -792,6 +899,13 @@ class _Scope(Mapping[str, Any]):
                 self._resolving.pop()
         self._done[name] = value
         return value
+
+    def _too_large(self, name: str, exc: TemplateTooLarge) -> TemplateError:
+        """The oversized variable, located where it is defined (or named as a --var)."""
+        loc = self._origin.get(name)  # () for a --var, None for a built-in
+        given = " (given with --var)" if loc == () else ""
+        message = _where(TemplateProblem(f"variable '{name}'{given} {exc}"), *self._where)
+        return TemplateError(message, **_location(self._loaded, loc or ()))
 
     def __contains__(self, name: object) -> bool:
         return name in self._raw
@@ -855,7 +969,7 @@ def _render_value(
         if "{{" not in value:
             return value
         try:
-            return render(value, variables.values, shell=shell)
+            return render(value, variables.values, shell=shell, budget=variables.budget)
         except TemplateProblem as exc:
             raise TemplateError(_where(exc, env_name, host_name), **_location(loaded, loc)) from None
     if isinstance(value, BaseModel):

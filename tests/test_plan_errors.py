@@ -145,6 +145,48 @@ CASES: dict[str, BadPlan] = {
         location="plan.yaml:10:5",
         path="steps[0].timeout",
     ),
+    "absurdly long duration": BadPlan(
+        files={"plan.yaml": GOOD + "    timeout: 99999999999999999999999h\n"},
+        expected=("'99999999999999999999999h' is too long: at most 168h",),
+        location="plan.yaml:10:5",
+        path="steps[0].timeout",
+    ),
+    "timeout that is not a number": BadPlan(
+        files={"plan.yaml": GOOD + "prechecks:\n  - command: 'true'\n    timeout: .nan\n"},
+        expected=("a duration must be a finite number of seconds, got nan",),
+        location="plan.yaml:12:5",
+        path="prechecks[0].timeout",
+    ),
+    "guard period of infinity": BadPlan(
+        files={"plan.yaml": GOOD + "guards:\n  - command: 'true'\n    every: .inf\n"},
+        expected=("a duration must be a finite number of seconds, got inf",),
+        location="plan.yaml:12:5",
+        path="guards[0].every",
+    ),
+    "negative bake": BadPlan(
+        files={"plan.yaml": GOOD + "strategy:\n  bake: -5\n"},
+        expected=("a duration cannot be negative",),
+        location="plan.yaml:11:3",
+        path="strategy.bake",
+    ),
+    "zero step timeout": BadPlan(
+        files={"plan.yaml": GOOD + "    timeout: 0s\n"},
+        expected=("a duration of zero means nothing here: use at least 1ms",),
+        location="plan.yaml:10:5",
+        path="steps[0].timeout",
+    ),
+    "check timeout over an hour": BadPlan(
+        files={"plan.yaml": GOOD + "prechecks:\n  - command: 'true'\n    timeout: 2h\n"},
+        expected=("'2h' is too long: at most 1h",),
+        location="plan.yaml:12:5",
+        path="prechecks[0].timeout",
+    ),
+    "duration in non-ASCII digits": BadPlan(
+        files={"plan.yaml": GOOD + "    timeout: \u0661\u0660s\n"},
+        expected=("is not a duration",),
+        location="plan.yaml:10:5",
+        path="steps[0].timeout",
+    ),
     "wave of 0%": BadPlan(
         files={"plan.yaml": GOOD + "strategy:\n  waves: [0%, 100%]\n"},
         expected=("percentage '0%' is out of range",),

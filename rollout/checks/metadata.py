@@ -11,8 +11,11 @@ of every element of the list `instruments`, `a.b[].c` nests. Violations are loca
 JSON paths of the concrete value: `$.instruments[17].tick_size`.
 
 This module never does I/O and never raises for a bad document: every problem of the
-document is a `Violation`. It raises `MetadataError` only when the input cannot be read at
-all, or a schema or key path is itself malformed. jsonschema is imported inside the
+document is a `Violation`, including a rule whose key path matches no value at all (a typo
+like `instruments[].symbl`, or a field the whole document lacks), which would otherwise
+check nothing and pass. It raises `MetadataError` only when the input cannot be read at
+all, a schema or key path is itself malformed, or a record key is found in no record of
+either version. jsonschema is imported inside the
 functions that need it, so importing rollout stays fast; YAML goes through
 `rollout.planfile`, the one module that imports yaml.
 """
@@ -128,6 +131,85 @@ def _walk(doc: Any, tokens: Sequence[Token]) -> list[tuple[Loc, Any]]:
                 for loc, value in frontier
             ]
     return frontier
+
+
+def format_key_path(tokens: Sequence[Token]) -> str:
+    """(`instruments`, [], `symbol`) -> `instruments[].symbol`."""
+    out = ""
+    for token in tokens:
+        out += "[]" if isinstance(token, _Each) else (f".{token}" if out else token)
+    return out
+
+
+def _matches_nothing(walked: Sequence[tuple[Loc, Any]]) -> bool:
+    """Whether a walk reached places but a value at none of them (an empty list reaches none)."""
+    return bool(walked) and all(value is _MISSING for _, value in walked)
+
+
+def _first_miss(doc: Any, tokens: Sequence[Token]) -> tuple[int, list[str]] | None:
+    """The first token that matches nothing in `doc`, with the field names found there."""
+    frontier = [doc]
+    for i, token in enumerate(tokens):
+        if isinstance(token, _Each):
+            lists = [v for v in frontier if isinstance(v, list)]
+            if not lists:
+                return i, []
+            frontier = [item for v in lists for item in v]
+            if not frontier:
+                return None  # empty collections: nothing to match, nothing missing
+        else:
+            found = [v[token] for v in frontier if isinstance(v, dict) and token in v]
+            if not found:
+                # a sample of the records is enough to name what fields they have
+                names = {k for v in frontier[:1000] if isinstance(v, dict) for k in v}
+                return i, sorted(str(k) for k in names)
+            frontier = found
+    return None
+
+
+def _explain_unmatched(path: str, docs: Sequence[Any]) -> tuple[str, str]:
+    """Where a path that matches no value stops (a JSON path) and why, with the nearest field."""
+    tokens = parse_key_path(path)
+    miss = next((m for m in (_first_miss(doc, tokens) for doc in docs) if m is not None), None)
+    if miss is None:
+        return "$", "matches no value"
+    i, names = miss
+    stop = json_path([t for t in tokens[:i] if isinstance(t, str)])
+    at = format_key_path(tokens[:i]) or "the top level"
+    token = tokens[i]
+    if isinstance(token, _Each):
+        return stop, f"matches no value: {at} is not a list"
+    close = difflib.get_close_matches(token, names, n=1, cutoff=0.5)
+    if close:
+        # the suggestion first: summaries of a failed check are cut to a line
+        nearest = format_key_path((*tokens[:i], close[0], *tokens[i + 1 :]))
+        return stop, f"matches no value; nearest existing field: {nearest} (no field {token!r} at {at})"
+    if names:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        return stop, f"matches no value: no field {token!r} at {at} (fields there: {shown})"
+    return stop, f"matches no value: no field {token!r} at {at}, which has no fields"
+
+
+def unmatched_path_error(path: str, docs: Sequence[Any], *, role: str = "key path") -> MetadataError:
+    """The error for a key path that matches no value: where it stops, and the nearest field."""
+    return MetadataError(f"{role} {path!r} {_explain_unmatched(path, docs)[1]}")
+
+
+def require_match(path: str, doc: Any, *others: Any, role: str = "key path") -> None:
+    """MetadataError when `path` matches no value in `doc` nor in any of `others`."""
+    if _unmatched(doc, parse_key_path(path), others):
+        raise unmatched_path_error(path, [doc, *others], role=role)
+
+
+def _unmatched(doc: Any, tokens: Sequence[Token], others: Sequence[Any] = ()) -> bool:
+    """Whether `tokens` match no value in `doc` nor in any of `others`."""
+    return _matches_nothing(_walk(doc, tokens)) and all(_matches_nothing(_walk(other, tokens)) for other in others)
+
+
+def _unmatched_violation(path: str, docs: Sequence[Any], rule: str) -> Violation:
+    """A rule over a path that reaches nothing checks nothing: that is itself a violation."""
+    where, why = _explain_unmatched(path, docs)
+    return Violation(where, rule, f"{rule} path {path!r} {why}")
 
 
 def _flatten(loc: Loc) -> list[str | int]:
@@ -525,7 +607,10 @@ class Invariants:
 
 def _check_unique(doc: Any, path: str) -> Iterator[Violation]:
     first: dict[Any, Loc] = {}
-    for loc, value in _walk(doc, parse_key_path(path)):
+    walked = _walk(doc, parse_key_path(path))
+    if _matches_nothing(walked):
+        yield _unmatched_violation(path, [doc], "unique")
+    for loc, value in walked:
         if value is _MISSING:
             continue  # absence is the schema's (or non_empty's) business
         seen = first.setdefault(value if type(value) is str else _hashable(value), loc)
@@ -538,8 +623,14 @@ def _check_unique(doc: Any, path: str) -> Iterator[Violation]:
 
 
 def _check_references(doc: Any, source: str, target: str) -> Iterator[Violation]:
-    targets = {_hashable(v) for _, v in _walk(doc, parse_key_path(target)) if v is not _MISSING}
-    for loc, value in _walk(doc, parse_key_path(source)):
+    target_walk = _walk(doc, parse_key_path(target))
+    source_walk = _walk(doc, parse_key_path(source))
+    for path, walked in ((source, source_walk), (target, target_walk)):
+        if _matches_nothing(walked):
+            yield _unmatched_violation(path, [doc], "references")
+            return
+    targets = {_hashable(v) for _, v in target_walk if v is not _MISSING}
+    for loc, value in source_walk:
         if value is _MISSING or value is None:
             continue
         if _hashable(value) not in targets:
@@ -563,7 +654,10 @@ def _check_bound(doc: Any, bound: Bound) -> Iterator[Violation]:
     ]
     limits = [(lim, test, op) for lim, test, op in numeric if lim is not None]
     allowed = None if bound.one_of is None else {_hashable(v) for v in bound.one_of}
-    for loc, value in _walk(doc, parse_key_path(bound.path)):
+    walked = _walk(doc, parse_key_path(bound.path))
+    if _matches_nothing(walked):
+        yield _unmatched_violation(bound.path, [doc], "bounds")
+    for loc, value in walked:
         if value is _MISSING:
             continue
         if allowed is not None and _hashable(value) not in allowed:
@@ -581,6 +675,9 @@ def _check_bound(doc: Any, bound: Bound) -> Iterator[Violation]:
 
 def _check_immutable(doc: Any, baseline: Any, path: str, key: str | None) -> Iterator[Violation]:
     tokens = parse_key_path(path)
+    if _unmatched(doc, tokens, [baseline]):
+        yield _unmatched_violation(path, [doc, baseline], "immutable")
+        return
     if not any(isinstance(t, _Each) for t in tokens):
         (new_loc, new), (_, old) = _walk(doc, tokens)[0], _walk(baseline, tokens)[0]
         if not _same(old, new) and not (old is _MISSING and new is _MISSING):
@@ -815,6 +912,9 @@ def diff_records(old: Any, new: Any, key: str) -> RecordDiff:
     list_tokens, key_tokens = _split_record_path(key)
     old_index, old_problems, old_total, old_keys = _index(old, list_tokens, key_tokens)
     new_index, new_problems, new_total, new_keys = _index(new, list_tokens, key_tokens)
+    if (old_total or new_total) and not old_index and not new_index:
+        # records on some side, and not one with the key: a typo, not a diff of keyless records
+        raise unmatched_path_error(key, [new, old], role="record key")
     problems = [Violation(p.path, p.rule, f"baseline: {p.message}") for p in old_problems] + new_problems
     added = [RecordRef(new_keys[h], _where(loc)) for h, (loc, _) in new_index.items() if h not in old_index]
     removed = []

@@ -285,6 +285,13 @@ def check_command(
         base_doc = _read_document(baseline, doc_format) if baseline is not None else None
         if baseline is not None and key is not None:
             _require_records(key, [(baseline, base_doc), (doc, data)])
+            md.require_match(key, data, base_doc, role="--key")
+        # a path that matches nothing checks nothing: a typo must not read as "valid"
+        for option, paths in (("--unique", unique), ("--references", [p for pair in refs for p in pair])):
+            for path in paths or []:
+                md.require_match(path, data, role=option)
+        for path in immutable or []:
+            md.require_match(path, data, base_doc, role="--immutable")
         invariants = md.Invariants(
             unique=tuple(unique or ()),
             references=tuple(refs),
@@ -341,7 +348,7 @@ def _record_name(key: Any, field: str) -> str:
 
 
 def diff_lines(diff: RecordDiff, limit: int) -> list[str]:
-    """Added and removed records and field-level changes, each list capped at `limit`."""
+    """Added and removed records, field-level changes and notes, each list capped at `limit`."""
     collection, _, field = diff.key.removeprefix("$.").partition("[].")
 
     def name(key: Any) -> str:
@@ -365,8 +372,9 @@ def diff_lines(diff: RecordDiff, limit: int) -> list[str]:
             lines.append(f"  ~ {where}: {before} -> {after}")
     if len(diff.changed) > limit:
         lines.append(f"  ... {len(diff.changed) - limit} more changed records (raise --limit to see them)")
-    for p in diff.problems:
-        lines.append(f"note: {p.path}: {p.message}")
+    lines += [f"note: {p.path}: {p.message}" for p in diff.problems[:limit]]
+    if len(diff.problems) > limit:
+        lines.append(f"note: ... {len(diff.problems) - limit} more notes (raise --limit to see them)")
     return lines
 
 
@@ -382,7 +390,7 @@ def diff_command(
     key: Annotated[str, typer.Option("--key", help="Record key path, like instruments[].symbol.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
     limit: Annotated[
-        int, typer.Option("--limit", min=0, help="Show at most this many records of each kind.")
+        int, typer.Option("--limit", min=0, help="Show at most this many records of each kind (and notes).")
     ] = DEFAULT_LIMIT,
     fmt: Annotated[str, typer.Option("--format", help="Format of both documents: json, yaml or auto.")] = "auto",
 ) -> None:
@@ -396,6 +404,7 @@ def diff_command(
         old_doc = _read_document(old, doc_format)
         new_doc = _read_document(new, doc_format)
         _require_records(key, [(old, old_doc), (new, new_doc)])
+        md.require_match(key, new_doc, old_doc, role="--key")
         diff = md.diff_records(old_doc, new_doc, key)
     except RolloutError as exc:
         fail(exc)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from rollout.errors import PlanError, UsageError
 from rollout.executors.base import Target
-from rollout.model import Check, Guard, Notify, Percent, Step
-from rollout.planfile import LoadedPlan, Variables, host_variables, render_model
+from rollout.model import Check, Guard, Host, Notify, Percent, Step
+from rollout.planfile import LoadedPlan, Variables, check_overrides, host_variables, render_model
+from rollout.template import RenderBudget
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,15 @@ class Schedule:
         return budget
 
 
-def _target(loaded: LoadedPlan, env_name: str, host_name: str) -> Target:
+def _target(loaded: LoadedPlan, env_name: str, host_name: str, variables: Variables) -> Target:
+    """How to reach one host, with its `ssh:` options and address rendered for that host."""
     env = loaded.plan.environments[env_name]
-    host = env.host(host_name)
+    base = ("environments", env_name)
+    ssh = render_model(loaded, env.ssh, (*base, "ssh"), variables, env_name=env_name, host_name=host_name)
+    spec = env.host(host_name)
+    # host vars were rendered into `variables` already; only how to reach the host is left
+    reach = Host(address=spec.address, port=spec.port, user=spec.user)
+    host = render_model(loaded, reach, (*base, "hosts", host_name), variables, env_name=env_name, host_name=host_name)
 
     def expand(path: str | None) -> str | None:
         return os.path.expanduser(path) if path else None
@@ -85,11 +92,11 @@ def _target(loaded: LoadedPlan, env_name: str, host_name: str) -> Target:
         name=host_name,
         connection=env.connection,
         address=host.address,
-        port=host.port or env.ssh.port,
-        user=host.user or env.ssh.user,
-        identity_file=expand(env.ssh.identity_file),
-        known_hosts=expand(env.ssh.known_hosts),
-        connect_timeout=env.ssh.connect_timeout,
+        port=host.port or ssh.port,
+        user=host.user or ssh.user,
+        identity_file=expand(ssh.identity_file),
+        known_hosts=expand(ssh.known_hosts),
+        connect_timeout=ssh.connect_timeout,
     )
 
 
@@ -130,12 +137,19 @@ def prepare_schedule(
     overrides: Mapping[str, str] | None = None,
     run_id: str = "dry-run",
     for_validation: bool = False,
+    budget: RenderBudget | None = None,
 ) -> Schedule:
-    """Render the plan for every host of `env_name` and cut it into waves."""
+    """Render the plan for every host of `env_name` and cut it into waves.
+
+    Every host's rendering is charged to one `budget` (a fresh one unless given), so a
+    plan whose variables expand exponentially fails fast instead of filling memory.
+    """
     plan = loaded.plan
+    budget = budget if budget is not None else RenderBudget()
     if env_name not in plan.environments:
         known = ", ".join(plan.environments)
         raise UsageError(f"{loaded.shown}: no environment '{env_name}' (the plan defines: {known})")
+    check_overrides(loaded, overrides)
     env = plan.environments[env_name]
     hosts: dict[str, HostPlan] = {}
     secrets: set[str] = set()
@@ -154,17 +168,20 @@ def prepare_schedule(
             overrides=overrides,
             run_id=run_id,
             for_validation=for_validation,
+            budget=budget,
         )
         secrets.update(str(variables.values[name]) for name in variables.secrets if str(variables.values[name]))
         hosts[host_name] = HostPlan(
             name=host_name,
-            target=_target(loaded, env_name, host_name),
+            target=_target(loaded, env_name, host_name, variables),
             prechecks=tuple(rendered("prechecks", tuple(plan.prechecks), variables, host_name)),  # type: ignore[arg-type]
             guards=tuple(rendered("guards", tuple(plan.guards), variables, host_name)),  # type: ignore[arg-type]
             steps=tuple(rendered("steps", tuple(plan.steps), variables, host_name)),  # type: ignore[arg-type]
             variables=variables,
         )
-    env_vars = host_variables(loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation)
+    env_vars = host_variables(
+        loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation, budget=budget
+    )
     notify = tuple(rendered("notify", tuple(plan.notify), env_vars, None))
     waves, skipped = compute_waves(list(env.hosts), env.groups(), list(plan.strategy.waves))
     for host in hosts.values():
@@ -188,10 +205,15 @@ def prepare_schedule(
 
 def validate_environments(loaded: LoadedPlan, overrides: Mapping[str, str] | None = None) -> list[PlanError]:
     """Prepare every environment; return each environment's first problem (none when valid)."""
+    try:
+        check_overrides(loaded, overrides)
+    except PlanError as exc:
+        return [exc]
     problems: list[PlanError] = []
+    budget = RenderBudget()
     for env_name in loaded.plan.environments:
         try:
-            prepare_schedule(loaded, env_name, overrides=overrides, for_validation=True)
+            prepare_schedule(loaded, env_name, overrides=overrides, for_validation=True, budget=budget)
         except PlanError as exc:
             problems.append(exc)
     return problems
