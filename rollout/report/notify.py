@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import queue
 import threading
 import urllib.parse
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rollout.atomic import write_atomic
 from rollout.event import Event, EventKind, Outcome
 
 if TYPE_CHECKING:
@@ -121,11 +121,13 @@ class _Sink:
             return ok, {"http_status": obs.status}
         line = json.dumps(document, sort_keys=True, ensure_ascii=False) + "\n"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # Rewritten whole rather than appended: a reader never sees a torn document,
+            # and a full disk leaves the previous documents intact. A run sends a handful.
             try:
-                os.write(fd, line.encode("utf-8"))
-            finally:
-                os.close(fd)
+                before = self.path.read_bytes()
+            except FileNotFoundError:
+                before = b""
+            write_atomic(self.path, before + line.encode("utf-8"), mode=0o600)
         except OSError as exc:
             return False, {"error": f"cannot append to {self.path}: {exc.strerror or exc}"}
         return True, {}
