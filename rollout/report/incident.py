@@ -484,7 +484,7 @@ def build_report(records: Sequence[Record], *, run_id: str) -> IncidentReport:
             journal_head=records[-1].hash,
             journal_records=len(records),
             tool_version=str(start or "?"),
-            verify_command=f"rollout verify {summary.run_id}",
+            verify_command=f"rollout verify {summary.run_id} --head {len(records)}:{records[-1].hash}",
         ),
         bars=bars,
         guard_segments=segments,

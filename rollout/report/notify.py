@@ -28,7 +28,7 @@ import json
 import queue
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,8 +141,16 @@ class _Sink:
 class Notifier:
     """A Bus sink that turns run events into status documents and delivers them in the background."""
 
-    def __init__(self, schedule: Schedule, bus: Bus, *, backoff: float = BACKOFF_BASE) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        bus: Bus,
+        *,
+        backoff: float = BACKOFF_BASE,
+        head: Callable[[], tuple[int, str]] | None = None,
+    ) -> None:
         self._bus = bus
+        self._head = head
         self._backoff = backoff
         self._plan = schedule.plan_name
         self._env = schedule.env_name
@@ -299,7 +307,15 @@ class Notifier:
             "run_id": self._run_id,
             "plan": self._plan,
             "environment": self._env,
+            **self._journal_head(),
         }
+
+    def _journal_head(self) -> dict[str, str]:
+        """The journal head as of the event behind this document: an anchor kept off the machine."""
+        if self._head is None:
+            return {}
+        seq, digest = self._head()
+        return {"journal_head": f"{seq}:{digest}"}
 
     def _enqueue(self, update: _Update) -> None:
         now = _now()
