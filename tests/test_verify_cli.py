@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -270,3 +271,20 @@ def test_signing_without_ssh_keygen_is_refused_before_any_change(recorded: Path,
     assert "ssh-keygen" in result.stderr
     assert "openssh-client" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_a_fifo_named_as_a_status_file_in_the_journal_does_not_hang_verify(tmp_path: Path) -> None:
+    from rollout.event import Event
+    from rollout.journal import Journal
+    from tests.test_journal import DIGEST, RUN_ID, start_event
+
+    fifo = tmp_path / "status.fifo"
+    os.mkfifo(fifo)
+    state = tmp_path / "state"
+    with Journal.create(state / "runs" / RUN_ID / "journal.jsonl", run_id=RUN_ID, plan_digest=DIGEST) as journal:
+        journal.append(start_event(), sync=True)
+        journal.append(Event("notify.delivery", outcome="delivered", data={"sink": f"file {fifo}"}), sync=True)
+        journal.append(Event("run.end", outcome="succeeded"), sync=True)
+    result = rollout("verify", RUN_ID, "--state-dir", state, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("intact: 3 events")

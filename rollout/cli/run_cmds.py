@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -675,10 +676,7 @@ def _notification_anchors(rundir: RunDir, records: tuple[Record, ...]) -> list[A
     }
     anchors = []
     for name in sorted(files):
-        try:
-            lines = Path(name).read_text("utf-8").splitlines()
-        except OSError:
-            continue
+        lines = _read_status_file(Path(name))
         newest: Anchor | None = None
         for line in lines:
             try:
@@ -693,6 +691,31 @@ def _notification_anchors(rundir: RunDir, records: tuple[Record, ...]) -> list[A
         if newest is not None:
             anchors.append(newest)
     return anchors
+
+
+STATUS_FILE_CAP = 16 * 1024 * 1024
+
+
+def _read_status_file(path: Path) -> list[str]:
+    """The lines of a status file named in the journal: only a regular file, only so much of it.
+
+    The name comes from a journal that may have been tampered with: a FIFO, a device or a
+    huge file there must not hang or exhaust `verify`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(STATUS_FILE_CAP)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").splitlines()
 
 
 def _plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
