@@ -61,7 +61,16 @@ def during_rollback(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], boo
     prefix = f"if [ ! -f {marker} ]; then touch {marker}; echo $$ > {tmp / 'orphan.pid'}; sleep 30; fi; "
     fail = {"name": "post-check", "run": "false", "rollback": "true", "timeout": "5s"}
     spec = PlanSpec(extra_steps=[fail], activate_rollback_prefix=prefix)
-    return spec, is_event("rollback.intent", step="activate-release")
+    intent = is_event("rollback.intent", step="activate-release")
+    # the intent is durable before the command starts: kill only once the command has left its marker
+    return spec, lambda event: intent(event) and _has_pid(tmp / "orphan.pid")
+
+
+def _has_pid(path: Path) -> bool:
+    try:
+        return path.read_text().strip().isdigit()
+    except OSError:
+        return False
 
 
 def during_bake(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], bool]]:
