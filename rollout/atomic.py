@@ -21,8 +21,8 @@ import secrets
 from pathlib import Path
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte of data to fd, looping on short writes."""
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of data to fd (also an append-only one), looping on short writes."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -49,7 +49,7 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o600) -> Path
     try:
         try:
             os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-            _write_all(fd, payload)
+            write_all(fd, payload)
             os.fsync(fd)
         finally:
             os.close(fd)

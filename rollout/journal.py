@@ -10,15 +10,18 @@ What the chain can and cannot prove:
 
 - an edited, inserted, removed or reordered line anywhere before the last one, and a
   truncated last line, are detected and named by their 1-based line number;
-- a removed *last* line cannot be seen in the chain; a finished run ends with
-  ``run.end``, so `verify_journal` reports ``complete=False`` when it is missing, and
-  an edited or removed last line is caught by ``expect_head`` (a head hash kept
-  elsewhere, e.g. in the report).
+- an edited line N is named as line N when line N+2 still chains to line N+1;
+- removed *last* lines and an edited last line cannot be seen in the chain: they are
+  caught by an `Anchor`, a head (line number and hash) kept outside the journal. The
+  writer keeps one in the ``head`` file beside the journal, rewritten atomically after
+  every fsync and marked closed by `Journal.close`; the report, the status notifications
+  and the run's last terminal line carry others, and `verify_journal` checks every
+  anchor it is given and names the one that disagrees.
 
 This module must never rewrite or drop a complete journal line, never use a torn line
 (it is set aside in ``journal.jsonl.broken``, only when recovering), never keep appending
-after a failed write or fsync, and never import anything beyond the standard library
-and `rollout.errors`: it is on the CLI start-up path.
+after a failed write or fsync, and never import anything beyond the standard library,
+`rollout.errors` and `rollout.atomic`: it is on the CLI start-up path.
 
 The environment lock (``.rollout/locks/ENV.lock``) is an ``flock`` on a file that also
 names its holder; the kernel drops the flock when the holder process dies, so a killed
@@ -47,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from rollout.atomic import write_atomic
+from rollout.atomic import write_all, write_atomic
 from rollout.errors import JournalCorrupt, JournalError, LockHeld, Refused, UsageError
 from rollout.event import Event
 
@@ -490,7 +493,7 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
         created = not broken.exists()
         fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line)
+            write_all(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
