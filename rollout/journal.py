@@ -861,7 +861,8 @@ class Journal:
             return
         doc = {"run_id": self.run_id, "seq": seq, "hash": head, "closed": closed}
         try:
-            write_atomic(head_path(self.path), json.dumps(doc, separators=(",", ":")) + "\n")
+            # an older head after a crash is still true (the journal may only be longer): no dir fsync
+            write_atomic(head_path(self.path), json.dumps(doc, separators=(",", ":")) + "\n", sync_dir=False)
         except OSError as exc:
             with self._lock:
                 raise self._fail(f"cannot write the head file after line {seq}: {exc}") from exc
