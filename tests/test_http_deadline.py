@@ -189,3 +189,22 @@ def test_a_trickling_guard_reports_failing_and_trips(trickle: TrickleServer, tmp
             proc.communicate()
     assert proc.returncode == 1, out + err
     assert "ROLLED BACK" in out
+
+
+def test_an_abort_ends_a_precheck_probe_but_lets_a_verification_finish(trickle: TrickleServer, tmp_path: Path) -> None:
+    """Pre-checks yield to an abort; a step's verification is not cut short (it would record a healthy host failed)."""
+    from rollout.model import Check, HttpCheck
+
+    abort = threading.Event()
+    abort.set()  # another host's failure aborted the run while these probes are in flight
+    runner = CheckRunner(tmp_path, abort=abort)
+    check = Check(http=HttpCheck(url=trickle.url), timeout=60)
+    try:
+        precheck = runner.run(check, executor=None, yield_to_abort=True)  # type: ignore[arg-type]
+        assert not precheck.ok
+        assert "interrupted" in precheck.summary
+        trickle.fast.set()
+        verification = runner.run(check, executor=None)  # type: ignore[arg-type]
+        assert verification.ok, verification.summary
+    finally:
+        runner.close()

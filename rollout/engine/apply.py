@@ -372,7 +372,7 @@ class Engine:
             for check in host.prechecks:
                 if self._abort.is_set():
                     return
-                verdict = self.runner.run(check, self.executor(host.name))
+                verdict = self.runner.run(check, self.executor(host.name), yield_to_abort=True)
                 self._emit(
                     Event(
                         EventKind.PRECHECK,

@@ -33,10 +33,11 @@ PROBE_SLICE = 0.1  # how soon a wait between attempts notices an abort
 class CheckRunner:
     """Runs checks for the engine; `plan_dir` anchors relative local file paths.
 
-    `stop` ends every probe (the run is over); `abort` ends the probes of `run` (pre-checks
-    and verifications, which an abort makes moot) but not `once`, which guards use and
-    which must keep probing while a rollback is watched. Each HTTP check keeps one client
-    for all its probes; `close` ends them.
+    `stop` ends every probe (the run is over). `abort` ends only the probes of a `run`
+    that asks for it (pre-checks: before any change an abort makes them moot). A step's
+    verification is left to finish within its timeout, so that an abort caused elsewhere
+    never records a healthy host as failed, and guards keep probing while a rollback is
+    watched. Each HTTP check keeps one client for all its probes; `close` ends them.
     """
 
     def __init__(
@@ -48,21 +49,23 @@ class CheckRunner:
         self._probers: dict[int, tuple[object, HttpProber]] = {}
         self._probers_lock = threading.Lock()
 
-    def run(self, check: Check, executor: Executor, *, retries: int | None = None) -> Verdict:
+    def run(
+        self, check: Check, executor: Executor, *, retries: int | None = None, yield_to_abort: bool = False
+    ) -> Verdict:
         """The check with its retries: the first passing attempt wins, else the last failure."""
         attempts = 1 + (check.retries if retries is None else retries)
-        verdict = self.once(check, executor, interruptible_by_abort=True)
+        verdict = self.once(check, executor, interruptible_by_abort=yield_to_abort)
         for attempt in range(2, attempts + 1):
-            if verdict.ok or self._wait_interrupted(check.interval):
+            if verdict.ok or self._wait_interrupted(check.interval, yield_to_abort):
                 break
-            verdict = self.once(check, executor, interruptible_by_abort=True)
+            verdict = self.once(check, executor, interruptible_by_abort=yield_to_abort)
             verdict = Verdict(verdict.ok, verdict.summary, {**verdict.observed, "attempt": attempt})
         return verdict
 
-    def _wait_interrupted(self, seconds: float) -> bool:
-        """Sleep up to `seconds`, waking at once on stop or abort; True if woken."""
+    def _wait_interrupted(self, seconds: float, yield_to_abort: bool) -> bool:
+        """Sleep up to `seconds`, waking at once on stop (or abort, when asked); True if woken."""
         deadline = time.monotonic() + seconds
-        while not (self.stop.is_set() or self.abort.is_set()):
+        while not (self.stop.is_set() or (yield_to_abort and self.abort.is_set())):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
