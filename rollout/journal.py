@@ -10,20 +10,24 @@ What the chain can and cannot prove:
 
 - an edited, inserted, removed or reordered line anywhere before the last one, and a
   truncated last line, are detected and named by their 1-based line number;
-- a removed *last* line cannot be seen in the chain; a finished run ends with
-  ``run.end``, so `verify_journal` reports ``complete=False`` when it is missing, and
-  an edited or removed last line is caught by ``expect_head`` (a head hash kept
-  elsewhere, e.g. in the report).
+- an edited line N is named as line N when line N+2 still chains to line N+1;
+- removed *last* lines and an edited last line cannot be seen in the chain: they are
+  caught by an `Anchor`, a head (line number and hash) kept outside the journal. The
+  writer keeps one in the ``head`` file beside the journal, rewritten atomically after
+  every fsync and marked closed by `Journal.close`; the report, the status notifications
+  and the run's last terminal line carry others, and `verify_journal` checks every
+  anchor it is given and names the one that disagrees.
 
 This module must never rewrite or drop a complete journal line, never use a torn line
 (it is set aside in ``journal.jsonl.broken``, only when recovering), never keep appending
-after a failed write or fsync, and never import anything beyond the standard library
-and `rollout.errors`: it is on the CLI start-up path.
+after a failed write or fsync, and never import anything beyond the standard library,
+`rollout.errors` and `rollout.atomic`: it is on the CLI start-up path.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -36,14 +40,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from rollout.atomic import write_all, write_atomic
 from rollout.errors import JournalCorrupt, JournalError, Refused
 from rollout.event import Event
 
 __all__ = [
     "EVENT_FIELDS",
+    "HEAD_FILE",
     "JOURNAL_KEYS",
     "RUN_END",
     "RUN_START",
+    "Anchor",
     "Event",
     "Journal",
     "JournalReading",
@@ -53,6 +60,9 @@ __all__ = [
     "event_to_dict",
     "final_run_end",
     "genesis_hash",
+    "head_path",
+    "parse_head",
+    "read_head_file",
     "read_journal",
     "verify_journal",
 ]
@@ -74,6 +84,7 @@ RUN_START: Final = "run.start"
 RUN_END: Final = "run.end"
 RECOVER_START: Final = "recover.start"
 _GENESIS_TAG: Final = "rollout-journal-v1"
+HEAD_FILE: Final = "head"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -220,6 +231,77 @@ class Verification:
     complete: bool = False
     run_id: str | None = None
     plan_digest: str | None = None
+    anchor: str | None = None
+    anchors_checked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A journal head kept outside the journal: line `seq` must have hash `hash`.
+
+    `final` says the journal ended there (the writer closed it): no line may follow.
+    `source` names where it was found, for the message when it disagrees.
+    """
+
+    source: str
+    seq: int
+    hash: str
+    final: bool = False
+
+
+def parse_head(text: str, source: str) -> Anchor:
+    """`SEQ:HASH` (as printed at the end of a run) as an anchor; ValueError when malformed."""
+    seq_text, sep, digest = text.strip().partition(":")
+    if not sep or not seq_text.isdigit() or int(seq_text) < 1 or not _HEX64.fullmatch(digest):
+        raise ValueError(f"{source}: expected SEQ:HASH (a line number and a sha256 hex digest), got {text.strip()!r}")
+    return Anchor(source, int(seq_text), digest)
+
+
+def head_path(journal: Path | str) -> Path:
+    """The head file kept beside a journal (`head` in a run directory)."""
+    journal = Path(journal)
+    return journal.with_name(HEAD_FILE if journal.name == "journal.jsonl" else journal.name + ".head")
+
+
+def read_head_file(journal: Path | str) -> Anchor | None:
+    """The head file's anchor, None when there is none; a malformed file is JournalCorrupt."""
+    path = head_path(journal)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise JournalError(f"cannot read head file {path}: {exc.strerror or exc}") from exc
+    try:
+        obj = json.loads(raw)
+        seq, digest, closed = obj["seq"], obj["hash"], obj["closed"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise JournalCorrupt(f"head file {path} is malformed: {exc}") from exc
+    if not isinstance(seq, int) or not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+        raise JournalCorrupt(f"head file {path} is malformed: seq or hash of the wrong type")
+    return Anchor(f"head file {path}", seq, digest, final=closed is True)
+
+
+def _anchor_problem(records: tuple[Record, ...], anchor: Anchor) -> tuple[int, str] | None:
+    """(first bad line, reason) when the journal disagrees with the anchor, else None."""
+    count = len(records)
+    if anchor.seq > count:
+        lines = f"line {count + 1}" if anchor.seq == count + 1 else f"lines {count + 1}-{anchor.seq}"
+        return (
+            count + 1,
+            f"the journal ends at line {count}, but the {anchor.source} records line {anchor.seq}: {lines} cut off",
+        )
+    if anchor.seq >= 1 and records[anchor.seq - 1].hash != anchor.hash:
+        return anchor.seq, (
+            f"its hash {records[anchor.seq - 1].hash[:16]} is not {anchor.hash[:16]} as the {anchor.source} "
+            f"records (line {anchor.seq} edited or replaced)"
+        )
+    if anchor.final and count > anchor.seq:
+        return anchor.seq + 1, (
+            f"the {anchor.source} says the journal was closed at line {anchor.seq}, "
+            f"but lines {anchor.seq + 1}-{count} follow it (added afterwards)"
+        )
+    return None
 
 
 class _Unparsable(Exception):
@@ -362,10 +444,7 @@ def read_journal(path: Path | str, *, expect_genesis: str | None = None, repair:
                     line=1,
                 )
         elif record.prev != prev_hash:
-            raise JournalCorrupt(
-                f"prev does not match the hash of line {line_no - 1} (edited, removed or reordered line)",
-                line=line_no,
-            )
+            raise _chain_break(lines, line_no, record)
         records.append(record)
         prev_hash = record.hash
         offset += len(raw) + 1
@@ -380,6 +459,32 @@ def read_journal(path: Path | str, *, expect_genesis: str | None = None, repair:
     if repair and torn_offset is not None:
         _set_aside_torn(path, data[torn_offset:], torn_offset)
     return reading
+
+
+def _chain_break(lines: list[bytes], line_no: int, record: Record) -> JournalCorrupt:
+    """Name the edited line when line `line_no`'s prev does not match the line before it.
+
+    Either line N-1's content was edited (its hash changed) or line N itself was (its
+    prev forged). The next line tells them apart: if it still chains to line N, line N
+    is intact and line N-1 is the edited one. Without a next line, the content edit of
+    line N-1 is named, the far more likely change.
+    """
+    edited_before = True
+    if line_no < len(lines):
+        try:
+            following = _parse_object(lines[line_no])
+        except _Unparsable:
+            following = {}
+        edited_before = following.get("prev") == record.hash
+    if edited_before:
+        return JournalCorrupt(
+            f"its hash does not match the prev of line {line_no} (line {line_no - 1} edited)",
+            line=line_no - 1,
+        )
+    return JournalCorrupt(
+        f"prev does not match the hash of line {line_no - 1} (edited, removed or reordered line)",
+        line=line_no,
+    )
 
 
 def _broken_path(path: Path) -> Path:
@@ -402,7 +507,7 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
         created = not broken.exists()
         fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line)
+            write_all(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -418,8 +523,14 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
         raise JournalError(f"cannot set aside the torn last line of {path}: {exc}") from exc
 
 
-def verify_journal(path: Path | str, *, plan_digest: str | None = None, expect_head: str | None = None) -> Verification:
-    """Recompute the hash chain from the genesis and say whether the journal can be trusted."""
+def verify_journal(
+    path: Path | str,
+    *,
+    plan_digest: str | None = None,
+    expect_head: str | None = None,
+    anchors: tuple[Anchor, ...] = (),
+) -> Verification:
+    """Recompute the hash chain from the genesis, check it against every anchor given, and say whether it can be trusted."""
     try:
         reading = read_journal(path)
     except JournalCorrupt as exc:
@@ -436,7 +547,7 @@ def verify_journal(path: Path | str, *, plan_digest: str | None = None, expect_h
     records = reading.records
     count = len(records)
 
-    def verdict(ok: bool, first_bad_line: int | None, reason: str | None) -> Verification:
+    def verdict(ok: bool, first_bad_line: int | None, reason: str | None, anchor: str | None = None) -> Verification:
         return Verification(
             ok=ok,
             records=count,
@@ -447,8 +558,17 @@ def verify_journal(path: Path | str, *, plan_digest: str | None = None, expect_h
             complete=final_run_end(records) is not None,
             run_id=reading.run_id,
             plan_digest=reading.plan_digest,
+            anchor=anchor,
+            anchors_checked=tuple(a.source for a in anchors),
         )
 
+    # Anchors first: a head is recorded only once its line is on disk, so a torn line that
+    # an anchor covers was cut after the fact, not torn by a crash.
+    for anchor in anchors:
+        problem = _anchor_problem(records, anchor)
+        if problem is not None:
+            bad, why = problem
+            return verdict(False, bad, f"line {bad}: {why}", anchor.source)
     if reading.torn is not None:
         bad = count + 1
         return verdict(
@@ -602,7 +722,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot open journal {path} for appending: {exc}") from exc
         records = reading.records
-        return cls(
+        journal = cls(
             path=path,
             fd=fd,
             run_id=run_id,
@@ -614,6 +734,9 @@ class Journal:
             wall=wall,
             recovered=reading,
         )
+        # a run continued by recover is open again: the head file must stop saying "closed"
+        journal._write_head(journal.seq, journal.head, closed=False)
+        return journal
 
     @property
     def head(self) -> str:
@@ -686,7 +809,11 @@ class Journal:
         self._sync_through(self._seq)
 
     def close(self) -> None:
-        """Close the file; safe to call twice."""
+        """Make every line durable, seal the head file, close the file; safe to call twice."""
+        if self._fd is not None and self._failed is None:
+            # a failure is recorded in the journal object; the head file keeps the last durable line
+            with contextlib.suppress(JournalError):
+                self._sync_through(self._seq, closing=True)
         with self._sync_lock, self._lock:
             if self._fd is not None:
                 fd, self._fd = self._fd, None
@@ -725,16 +852,29 @@ class Journal:
         self._failed = message
         return JournalError(f"journal {self.path}: {message}")
 
-    def _sync_through(self, seq: int) -> None:
+    def _sync_through(self, seq: int, *, closing: bool = False) -> None:
         with self._sync_lock:
-            if self._synced_seq >= seq:
+            if self._synced_seq >= seq and not closing:
                 return  # an fsync that started after this line was written covered it
             with self._lock:
                 fd = self._usable_fd()
-                target = self._seq
+                target, head = self._seq, self._head
             try:
                 os.fsync(fd)
             except OSError as exc:
                 with self._lock:
                     raise self._fail(f"cannot fsync journal up to line {target}: {exc}") from exc
             self._synced_seq = target
+            self._write_head(target, head, closed=closing)
+
+    def _write_head(self, seq: int, head: str, *, closed: bool) -> None:
+        """Record the durable head outside the journal, so that cutting its tail is seen."""
+        if seq == 0:
+            return
+        doc = {"run_id": self.run_id, "seq": seq, "hash": head, "closed": closed}
+        try:
+            # an older head after a crash is still true (the journal may only be longer): no dir fsync
+            write_atomic(head_path(self.path), json.dumps(doc, separators=(",", ":")) + "\n", sync_dir=False)
+        except OSError as exc:
+            with self._lock:
+                raise self._fail(f"cannot write the head file after line {seq}: {exc}") from exc

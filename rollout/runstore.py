@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollout.atomic import write_atomic
 from rollout.errors import JournalError, UsageError
 from rollout.statedir import check_private_dir, ensure_private_dir
 
@@ -32,17 +33,6 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     """An id that sorts by start time: 20261123T223012Z-3f9a2c."""
     now = now or dt.datetime.now(dt.UTC)
     return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,9 +96,9 @@ def create_run_dir(
         for rel, data in files.items():
             target = copy / rel
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_private(target, data)
-        _write_private(path / "plan.sha256", f"{digest}\n".encode())
-        _write_private(path / META, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
+            write_atomic(target, data)
+        write_atomic(path / "plan.sha256", f"{digest}\n".encode())
+        write_atomic(path / META, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
         _fsync_dir(path)
         os.rename(path, final)
         _fsync_dir(runs)

@@ -112,7 +112,9 @@ def test_a_red_probe_after_activation_fails_verification_and_rolls_back(tmp_path
 
 def test_a_guard_trips_during_bake_and_the_run_rolls_back(tmp_path: Path, fleet: Fleet) -> None:
     # The read-back passes (the gateway serves the release); only the order-flow guard sees the break.
-    spec = PlanSpec(release=RUNTIME_BREAK, probe_verify=False, bake="3s", guard_every="100ms", guard_fail_after=3)
+    # Guard probes reuse one connection (a few ms each), so 3 failures at 100ms would trip before
+    # the wave's bake starts: 10 failures (1s) land the trip inside the 3s bake.
+    spec = PlanSpec(release=RUNTIME_BREAK, probe_verify=False, bake="3s", guard_every="100ms", guard_fail_after=10)
     plan = write_exchange_plan(tmp_path, fleet, spec)
     result = rollout(*run_args(plan, tmp_path / "state"))
     assert result.returncode == 1, result.stdout + result.stderr

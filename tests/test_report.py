@@ -75,7 +75,12 @@ def test_report_names_what_failed_first_and_what_was_undone(golden: IncidentRepo
     ]
     assert golden.rollback.remaining == {}
     assert golden.evidence.journal_head == read_journal(GOLDEN / "journal.jsonl").head
-    assert golden.evidence.verify_command == f"rollout verify {golden.summary.run_id}"
+    head = read_journal(GOLDEN / "journal.jsonl")
+    # the command carries the head, so running it from a copy of the report checks for a cut tail
+    assert (
+        golden.evidence.verify_command
+        == f"rollout verify {golden.summary.run_id} --head {len(head.records)}:{head.head}"
+    )
 
 
 class _Collector(HTMLParser):

@@ -9,6 +9,8 @@ three formats and every notification received are searched for every form of eve
 from __future__ import annotations
 
 import base64
+import json
+import re
 import stat
 import urllib.parse
 from collections.abc import Iterator
@@ -28,30 +30,45 @@ ECHO_SECRETS = (
     "printf 'token=%s password=%s\\n' {{ api_token }} {{ db_password }} && "
     "printf %s {{ api_token }} | base64 && printf %s {{ db_password }} | base64 && "
     "python3 -c 'import sys, urllib.parse as u; [print(u.quote(a, safe=\"\"), u.quote_plus(a)) for a in sys.argv[1:]]' "
+    "{{ api_token }} {{ db_password }} && "
+    # GNU base64 wraps at 76 columns; a bearer header puts the secret off a 3-byte boundary;
+    # lowercase percent-encoding is what many tools print
+    "printf 'padding-padding-padding-padding-%s-%s-padding-padding-padding' {{ api_token }} {{ db_password }} | base64 && "
+    "printf 'Bearer %s' {{ api_token }} | base64 && printf 'Authorization: Bearer %s' {{ db_password }} | base64 -w0 && "
+    "python3 -c 'import sys, re, urllib.parse as u; "
+    '[print(re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), u.quote(a, safe=""))) for a in sys.argv[1:]]\' '
     "{{ api_token }} {{ db_password }}"
 )
 
 
 def forms(secret: str) -> set[str]:
-    """The secret as it could leak: raw, base64 (padded, unpadded, URL-safe) and URL-encoded."""
+    """The secret as it could leak: raw, base64 at every byte offset (standard and URL-safe), URL-encoded."""
     raw = secret.encode()
     b64 = base64.b64encode(raw).decode()
-    return {
+    found = {
         secret,
         b64,
         b64.rstrip("="),
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
         urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret, safe="").lower(),
+        re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(secret, safe="")),
         urllib.parse.quote_plus(secret),
     }
+    for offset in range(3):  # the characters only the secret decides, inside a longer base64 value
+        first, last = -(-8 * offset // 6), (8 * (offset + len(raw))) // 6
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            found.add(encode(b"\x00" * offset + raw + b"\x00\x00").decode()[first:last])
+    return found
 
 
 ALL_FORMS = forms(VALUE_SECRET) | forms(ENV_SECRET)
 
 
 def leaks(text: str, secret_forms: set[str] = ALL_FORMS) -> list[str]:
-    """Which forms of the secrets appear in the text."""
-    return sorted(f for f in secret_forms if f in text)
+    """Which forms of the secrets appear in the text, also across line breaks (wrapped base64)."""
+    unbroken = re.sub(r"[\r\n]", "", text)
+    return sorted(f for f in secret_forms if f in text or f in unbroken)
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +156,24 @@ def test_secrets_appear_nowhere_a_run_writes_or_sends(tmp_path: Path, webhook: W
     assert {where: hits for where, hits in found.items() if where not in plan_copies} == {}
     assert all(leaks(texts[where], forms(ENV_SECRET)) == [] for where in plan_copies)
     _assert_private(tmp_path / "state")
+
+
+def test_status_notifications_carry_the_journal_head_and_verify_checks_it(tmp_path: Path, webhook: Webhook) -> None:
+    _run_and_collect(tmp_path, webhook, fail=True)
+    docs = [json.loads(line) for line in (tmp_path / "status.jsonl").read_text().splitlines()]
+    assert docs
+    assert all(re.fullmatch(r"\d+:[0-9a-f]{64}", d["journal_head"]) for d in docs)
+    result = rollout("verify", "last", "--state-dir", tmp_path / "state", "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout
+    assert any(a.startswith("status notification in ") for a in data["anchors_checked"]), data
+    # a cut that keeps head file and report consistent is still caught by the status page's copy
+    journal = next((tmp_path / "state" / "runs").iterdir()) / "journal.jsonl"
+    newest = max(int(d["journal_head"].split(":")[0]) for d in docs)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[: newest - 1]))
+    (journal.parent / "head").unlink()
+    (journal.parent / "report.md").unlink()
+    result = rollout("verify", "last", "--state-dir", tmp_path / "state", "--json")
+    assert result.returncode == 5, result.stdout
+    assert json.loads(result.stdout)["anchor"].startswith("status notification in ")

@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollout.atomic import write_atomic
 from rollout.errors import UsageError
 
 
@@ -30,9 +31,10 @@ def write_junit(path: Path, suite: str, cases: list[Case]) -> None:
             first = case.failure.splitlines()[0] if case.failure else "failed"
             fail = ET.SubElement(tc, "failure", message=first, type="rollout")
             fail.text = case.failure
-    tree = ET.ElementTree(root)
-    ET.indent(tree)
+    ET.indent(root)
+    data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     try:
-        tree.write(path, encoding="utf-8", xml_declaration=True)
+        # CI systems read it as another user: not private, unlike the run's evidence
+        write_atomic(path, data, mode=0o644)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the JUnit report: {exc.strerror}") from exc

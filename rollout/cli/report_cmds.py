@@ -5,13 +5,13 @@ Imported at start-up to register the command: the report modules are imported in
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from rollout.atomic import write_atomic
 from rollout.cli.app import StateDirOption, app, fail, state_dir, terminal
 from rollout.errors import RolloutError, UsageError
 from rollout.runstore import find_run
@@ -60,9 +60,7 @@ def report(
         return
     try:
         # reports quote command output: keep them as private as the journal they come from
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        write_atomic(output, text, mode=0o600)
     except OSError as exc:
         fail(UsageError(f"cannot write {output}: {exc.strerror or exc}"))
     terminal.error(f"wrote {output}")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -28,7 +30,18 @@ from rollout.cli.app import (
 )
 from rollout.errors import ExitStatus, JournalError, Refused, RolloutError, UsageError
 from rollout.event import Event, Outcome
-from rollout.journal import Journal, JournalReading, Record, final_run_end, read_journal, verify_journal
+from rollout.journal import (
+    Anchor,
+    Journal,
+    JournalReading,
+    Record,
+    final_run_end,
+    head_path,
+    parse_head,
+    read_head_file,
+    read_journal,
+    verify_journal,
+)
 from rollout.lock import EnvironmentLock, LastRun, LockHolder
 from rollout.runstore import RunDir, check_run_dir, create_run_dir, find_run, list_runs, new_run_id
 
@@ -233,6 +246,7 @@ def execute(
     lock_timeout: float,
     grace: float,
     overrides: dict[str, str],
+    sign_key: Path | None = None,
 ) -> int:
     """Lock, create the run directory and journal, run the engine, report; return the exit code."""
     lock = EnvironmentLock(locks, schedule.plan_name, schedule.env_name)
@@ -258,7 +272,15 @@ def execute(
         # recorded before the journal begins: a run that dies from here on blocks the next one until recovered
         lock.record_run(schedule.run_id, run.path)
         journal = Journal.create(run.journal, run_id=schedule.run_id, plan_digest=loaded.digest)
-        code = _drive(schedule, journal, run, display=_display(schedule), grace=grace, action=lambda e: e.run())
+        code = _drive(
+            schedule,
+            journal,
+            run,
+            display=_display(schedule),
+            grace=grace,
+            action=lambda e: e.run(),
+            sign_key=sign_key,
+        )
         _clear_if_settled(lock, run.path, run.run_id)
         return code
     finally:
@@ -321,6 +343,7 @@ def _drive(
     display: LiveDisplay | PlainDisplay,
     grace: float,
     action: Callable[[Engine], RunResult],
+    sign_key: Path | None = None,
 ) -> int:
     """Wire journal, display and notifier to an engine, run `action`, then report; the exit code."""
     from rollout.engine.apply import Engine, RunResult
@@ -328,7 +351,7 @@ def _drive(
 
     redactor = Redactor(schedule.secret_values)
     bus = Bus(JournalSink(journal), [display], redactor, fallback=FallbackSink(run.path / FALLBACK_FILE))
-    notifier = _add_notifier(bus, schedule, run)
+    notifier = _add_notifier(bus, schedule, run, journal)
     engine = Engine(schedule, bus, grace=grace)
     try:
         with _signals(lambda name: display.note(engine.interrupt(name))):
@@ -345,17 +368,29 @@ def _drive(
         journal.close()
     _write_report(run)
     _print_result(result, run, schedule, redactor)
-    return int(result.exit_status)
+    code = int(result.exit_status)
+    signed = ""
+    if sign_key is not None and journal.seq > 0:
+        from rollout.signing import sign_head
+
+        try:
+            signed = f", signed in {sign_head(head_path(run.journal), sign_key)}"
+        except RolloutError as exc:
+            terminal.error(f"error: the journal head was not signed: {exc}")
+            code = code or int(ExitStatus.JOURNAL)
+    # the last line: an anchor for `rollout verify RUN --head SEQ:HASH` kept in a CI log
+    terminal.print(f"  journal head {journal.seq}:{journal.head}{signed}")
+    return code
 
 
-def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir) -> Notifier | None:
+def _add_notifier(bus: Bus, schedule: Schedule, run: RunDir, journal: Journal) -> Notifier | None:
     if not schedule.notify:
         return None
     try:
         from rollout.report.notify import Notifier
     except ImportError:
         return None
-    notifier = Notifier(schedule, bus)
+    notifier = Notifier(schedule, bus, head=lambda: (journal.seq, journal.head))
     bus.add(notifier)
     return notifier
 
@@ -380,6 +415,15 @@ def run(
     grace: Annotated[
         str, typer.Option("--grace", help="On abort, how long in-flight commands may finish before they are killed.")
     ] = "10s",
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key",
+            envvar="ROLLOUT_SIGN_KEY",
+            help="Sign the final journal head with this SSH private key (sshsig, checked by `ssh-keygen -Y verify`).",
+            show_default=False,
+        ),
+    ] = None,
     state_dir_opt: StateDirOption = None,
     lock_dir_opt: LockDirOption = None,
 ) -> None:
@@ -390,6 +434,8 @@ def run(
     lock_wait = _duration_option(lock_timeout, "--lock-timeout")
     grace_s = _duration_option(grace, "--grace")
     overrides = parse_vars(var)
+    if sign_key is not None:
+        _check_sign_key(sign_key)
     try:
         loaded = load_plan(plan)
         schedule = prepare_schedule(loaded, env, overrides=overrides, run_id=new_run_id())
@@ -422,10 +468,21 @@ def run(
             lock_timeout=lock_wait,
             grace=grace_s,
             overrides=overrides,
+            sign_key=sign_key,
         )
     except RolloutError as exc:
         fail(exc)
     raise typer.Exit(code)
+
+
+def _check_sign_key(key: Path) -> None:
+    """Refuse before any change when the head could not be signed at the end."""
+    import shutil
+
+    if shutil.which("ssh-keygen") is None:
+        fail(UsageError("--sign-key needs OpenSSH's ssh-keygen on PATH (install openssh-client); nothing was changed"))
+    if not key.is_file():
+        fail(UsageError(f"--sign-key {key}: no such file; nothing was changed"))
 
 
 @app.command(
@@ -540,8 +597,13 @@ def _run_summary(rundir: RunDir) -> dict[str, Any]:
     }
     try:
         reading = read_journal(rundir.journal)
+        # an edit the anchors can show (a rewritten or cut tail) must not be believed
+        checked = verify_journal(rundir.journal, anchors=found_anchors(rundir, reading.records))
     except (RolloutError, OSError) as exc:
         entry["outcome"] = f"damaged ({exc})"
+        return entry
+    if not checked.ok:
+        entry["outcome"] = f"damaged ({checked.reason})"
         return entry
     if not reading.records:
         return entry
@@ -620,15 +682,41 @@ def timeline(
         fail(exc)
 
 
-@app.command(epilog="Examples:\n\n  rollout verify last\n\n  rollout verify 20261123T223012Z-3f9a2c --json")
+@app.command(
+    epilog="Examples:\n\n  rollout verify last\n\n  rollout verify 20261123T223012Z-3f9a2c --json\n\n"
+    "  rollout verify 20261123T223012Z-3f9a2c --head 42:9f2c...e1 --allowed-signers ops.allowed_signers",
+)
 def verify(
     run_id: Annotated[
         str, typer.Argument(metavar="RUN", help="The run id (or a unique prefix, or 'last').", show_default=False)
     ],
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            metavar="SEQ:HASH",
+            help="A head printed at the end of the run (CI log, status update): the journal must contain it.",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_signers: Annotated[
+        Path | None,
+        typer.Option(
+            "--allowed-signers",
+            help="Check the signed head (head.sig) against this OpenSSH allowed-signers file.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verification as JSON.")] = False,
     state_dir_opt: StateDirOption = None,
 ) -> None:
-    """Recompute the journal's hash chain and the plan digest (exit 0 intact, 5 damaged)."""
+    """Check the journal's hash chain against every head kept outside it, and the plan digest (0 intact, 5 damaged)."""
+    anchors: list[Anchor] = []
+    if head is not None:
+        try:
+            anchors.append(parse_head(head, "--head"))
+        except ValueError as exc:
+            fail(UsageError(str(exc)))
     try:
         rundir = find_run(state_dir(state_dir_opt), run_id)
         recorded = (
@@ -636,7 +724,22 @@ def verify(
         )
     except (RolloutError, OSError) as exc:
         fail(exc if isinstance(exc, RolloutError) else UsageError(str(exc)))
-    result = verify_journal(rundir.journal, plan_digest=recorded)
+    signer: str | None = None
+    try:
+        if allowed_signers is not None:
+            from rollout.signing import verify_head_signature
+
+            signer = verify_head_signature(head_path(rundir.journal), allowed_signers)
+        try:
+            records = read_journal(rundir.journal).records
+        except RolloutError:
+            records = ()  # verify_journal below names the damage
+        anchors.extend(found_anchors(rundir, records))
+    except UsageError as exc:
+        fail(exc)
+    except RolloutError as exc:
+        _print_damaged(rundir, str(exc), as_json)
+    result = verify_journal(rundir.journal, plan_digest=recorded, anchors=tuple(anchors))
     plan_ok = _plan_copy_matches(rundir, recorded)
     ok = result.ok and plan_ok is not False
     if as_json:
@@ -652,6 +755,9 @@ def verify(
                     "reason": result.reason,
                     "plan_digest": result.plan_digest,
                     "plan_copy_matches": plan_ok,
+                    "anchor": result.anchor,
+                    "anchors_checked": list(result.anchors_checked),
+                    "signed_by": signer,
                 },
                 indent=2,
             )
@@ -659,12 +765,96 @@ def verify(
     elif ok:
         terminal.print(f"intact: {result.records} events, head {result.head}")
         terminal.print(f"  plan digest {result.plan_digest}" + ("" if plan_ok is None else ", plan copy matches"))
+        for source in result.anchors_checked:
+            terminal.print(f"  agrees with the {source}")
+        if signer is not None:
+            terminal.print(f"  head signed by {signer} (an allowed signer)")
         if not result.complete:
             terminal.print("  note: the journal has no run.end: the run is in progress or died (see `rollout recover`)")
     else:
         where = f"line {result.first_bad_line}: " if result.first_bad_line else ""
         terminal.print(f"DAMAGED: {where}{result.reason or 'the stored plan no longer matches its digest'}")
     raise typer.Exit(int(ExitStatus.SUCCESS if ok else ExitStatus.JOURNAL))
+
+
+def _print_damaged(rundir: RunDir, reason: str, as_json: bool) -> NoReturn:
+    """An anchor or signature that cannot be trusted at all: damaged, exit 5."""
+    if as_json:
+        terminal.print(json.dumps({"run": rundir.run_id, "ok": False, "reason": reason}, indent=2))
+    else:
+        terminal.print(f"DAMAGED: {reason}")
+    raise typer.Exit(int(ExitStatus.JOURNAL))
+
+
+_REPORT_HEAD = re.compile(r"Journal head hash: `([0-9a-f]{64})` \((\d+) events\)")
+
+
+def found_anchors(rundir: RunDir, records: tuple[Record, ...]) -> tuple[Anchor, ...]:
+    """Every journal head recorded outside the journal: head file, report.md, file notifications."""
+    anchors: list[Anchor] = []
+    head = read_head_file(rundir.journal)
+    if head is not None:
+        anchors.append(head)
+    try:
+        report_text = rundir.report.read_text("utf-8")
+    except OSError:
+        report_text = ""
+    match = _REPORT_HEAD.search(report_text)
+    if match:
+        anchors.append(Anchor(f"report {rundir.report}", int(match.group(2)), match.group(1)))
+    anchors.extend(_notification_anchors(rundir, records))
+    return tuple(anchors)
+
+
+def _notification_anchors(rundir: RunDir, records: tuple[Record, ...]) -> list[Anchor]:
+    """The newest head in each file the run's status documents were delivered to."""
+    files = {
+        str(r.data["sink"])[len("file ") :]
+        for r in records
+        if r.kind == "notify.delivery" and str(r.data.get("sink", "")).startswith("file ")
+    }
+    anchors = []
+    for name in sorted(files):
+        lines = _read_status_file(Path(name))
+        newest: Anchor | None = None
+        for line in lines:
+            try:
+                doc = json.loads(line)
+                if doc.get("run_id") != rundir.run_id or "journal_head" not in doc:
+                    continue
+                anchor = parse_head(str(doc["journal_head"]), f"status notification in {name}")
+            except (ValueError, AttributeError):
+                continue
+            if newest is None or anchor.seq > newest.seq:
+                newest = anchor
+        if newest is not None:
+            anchors.append(newest)
+    return anchors
+
+
+STATUS_FILE_CAP = 16 * 1024 * 1024
+
+
+def _read_status_file(path: Path) -> list[str]:
+    """The lines of a status file named in the journal: only a regular file, only so much of it.
+
+    The name comes from a journal that may have been tampered with: a FIFO, a device or a
+    huge file there must not hang or exhaust `verify`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(STATUS_FILE_CAP)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").splitlines()
 
 
 def _plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:

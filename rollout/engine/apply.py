@@ -175,7 +175,7 @@ class Engine:
         self._host_rollback_failures: list[RollbackFailure] = []
         self._host_remaining: dict[str, tuple[str, ...]] = {}
         self._state_lock = threading.Lock()
-        self.runner = CheckRunner(schedule.loaded.path.parent.resolve(), stop=self._stop_probes)
+        self.runner = CheckRunner(schedule.loaded.path.parent.resolve(), stop=self._stop_probes, abort=self._abort)
         guards = {name: host.guards for name, host in schedule.hosts.items()}
         self.guards = GuardMonitor(
             guards,
@@ -208,6 +208,7 @@ class Engine:
         for ex in executors:
             with contextlib.suppress(Exception):  # closing is best effort; the outcome is already known
                 ex.close()
+        self.runner.close()
 
     def _emit(self, event: Event, *, sync: bool = False) -> None:
         """Emit an event; once the journal has failed, only the rollback may go on emitting."""
@@ -356,7 +357,7 @@ class Engine:
         s = self.schedule
         self._emit(Event(EventKind.RUN_START, data=self._run_start_data()), sync=True)
         failed = self._prechecks()
-        if failed:
+        if failed and not self._abort.is_set():  # a pre-check cut short by an interrupt did not fail
             first_host, first_check, first_summary = failed[0]
             cause = Cause(
                 "precheck",
@@ -570,7 +571,7 @@ class Engine:
             for check in host.prechecks:
                 if self._abort.is_set():
                     return
-                verdict = self.runner.run(check, self.executor(host.name))
+                verdict = self.runner.run(check, self.executor(host.name), yield_to_abort=True)
                 self._emit(
                     Event(
                         EventKind.PRECHECK,
@@ -745,7 +746,7 @@ class Engine:
         for check in step.verify:
             if self._abort.is_set():
                 return None
-            verdict = self.runner.run(check, ex, stop=self._abort)
+            verdict = self.runner.run(check, ex)
             self._emit(
                 Event(
                     EventKind.VERIFY,

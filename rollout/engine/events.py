@@ -8,6 +8,7 @@ the run) and to the other sinks (whose errors never do).
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -26,11 +27,55 @@ class Sink(Protocol):
         """Take one event; `sync` asks for it to be durable before returning."""
 
 
+# A base64 fragment shorter than this is too likely to occur by chance in ordinary text.
+MIN_BASE64_FRAGMENT = 6
+_LINE_BREAKS = re.compile(r"[\r\n]")
+
+
+def base64_fragments(raw: bytes) -> set[str]:
+    """The base64 characters that `raw` alone decides, at each of the three byte alignments.
+
+    Inside any longer base64 value (`Bearer <secret>`, a JSON document) the secret starts
+    at some byte offset; only its offset modulo 3 changes how it is encoded. At offset k
+    the secret covers bits [8k, 8k + 8n) of the encoding, so the characters wholly inside
+    that span, ceil(8k/6) up to floor((8k + 8n)/6), are the same whatever surrounds it.
+    \x00 bytes stand in for the neighbours; the characters taken never depend on them.
+    """
+    fragments: set[str] = set()
+    for k in range(3):
+        start = -(-8 * k // 6)
+        end = (8 * k + 8 * len(raw)) // 6
+        if end - start < MIN_BASE64_FRAGMENT:
+            continue
+        padded = b"\x00" * k + raw + b"\x00\x00"
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            fragments.add(encode(padded).decode("ascii")[start:end])
+    return fragments
+
+
+def _percent_pattern(secret: str) -> str:
+    """A regex for the secret with any of its characters percent-encoded, in either hex case."""
+    parts = []
+    for char in secret:
+        encoded = "".join(f"%{b:02x}" for b in char.encode("utf-8"))
+        hexed = re.sub(r"[a-f]", lambda m: f"[{m.group().lower()}{m.group().upper()}]", encoded)
+        choices = [re.escape(char), hexed] + (["\\+"] if char == " " else [])
+        parts.append(f"(?:{'|'.join(choices)})")
+    return "".join(parts)
+
+
 class Redactor:
-    """Replaces secret values (and their base64 and URL-encoded forms) with ***."""
+    """Replaces secret values, and every way a command is likely to print them, with ***.
+
+    Forms caught: the raw value; base64 at every byte alignment (so also inside a longer
+    base64 value), standard or URL-safe, padded or not, and wrapped over lines (GNU
+    `base64` wraps at 76 columns); percent-encoding of any of its characters in either hex
+    case, `+` for a space.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[str] = set()
+        patterns: list[str] = []
         for secret in secrets:
             if len(secret) < 3:  # replacing 1-2 characters would shred every line
                 continue
@@ -45,7 +90,10 @@ class Redactor:
                     urllib.parse.quote_plus(secret),
                 }
             )
+            forms.update(base64_fragments(raw))
+            patterns.append(_percent_pattern(secret))
         self._forms = sorted(forms, key=len, reverse=True)
+        self._percent = re.compile("|".join(sorted(patterns, key=len, reverse=True))) if patterns else None
 
     def __bool__(self) -> bool:
         return bool(self._forms)
@@ -55,7 +103,36 @@ class Redactor:
         for form in self._forms:
             if form in value:
                 value = value.replace(form, REDACTED)
+        if self._percent is not None and ("%" in value or "+" in value):
+            value = self._percent.sub(REDACTED, value)
+        if "\n" in value or "\r" in value:
+            value = self._across_lines(value)
         return value
+
+    def _across_lines(self, value: str) -> str:
+        """Catch forms that a line break splits (wrapped base64): search with the breaks removed."""
+        kept = [i for i, char in enumerate(value) if char not in "\r\n"]
+        joined = _LINE_BREAKS.sub("", value)
+        spans: list[tuple[int, int]] = []
+        for form in self._forms:
+            at = joined.find(form)
+            while at != -1:
+                spans.append((kept[at], kept[at + len(form) - 1] + 1))
+                at = joined.find(form, at + len(form))
+        if not spans:
+            return value
+        out: list[str] = []
+        position = 0
+        for first, end in sorted(spans):
+            if end <= position:
+                continue
+            start = max(first, position)
+            out.append(value[position:start])
+            # the line breaks inside the span are kept so the shape of the output survives
+            out.append(REDACTED + "".join(c for c in value[start:end] if c in "\r\n"))
+            position = end
+        out.append(value[position:])
+        return "".join(out)
 
     def data(self, value: Any) -> Any:
         """A copy of a JSON-like structure with every string redacted."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollout.checks import (
     HttpObservation,
@@ -23,46 +24,95 @@ from rollout.errors import ExecutorError, MetadataError, RolloutError
 from rollout.executors.base import Executor
 from rollout.model import Check, DocumentSource, MetadataCheck, Percent
 
+if TYPE_CHECKING:
+    from rollout.checks.http import HttpProber
+
+PROBE_SLICE = 0.1  # how soon a wait between attempts notices an abort
+
 
 class CheckRunner:
-    """Runs checks for the engine; `plan_dir` anchors relative local file paths."""
+    """Runs checks for the engine; `plan_dir` anchors relative local file paths.
 
-    def __init__(self, plan_dir: Path, *, stop: threading.Event | None = None) -> None:
+    `stop` ends every probe (the run is over). `abort` ends only the probes of a `run`
+    that asks for it (pre-checks: before any change an abort makes them moot). A step's
+    verification is left to finish within its timeout, so that an abort caused elsewhere
+    never records a healthy host as failed, and guards keep probing while a rollback is
+    watched. Each HTTP check keeps one client for all its probes; `close` ends them.
+    """
+
+    def __init__(
+        self, plan_dir: Path, *, stop: threading.Event | None = None, abort: threading.Event | None = None
+    ) -> None:
         self.plan_dir = plan_dir
         self.stop = stop or threading.Event()
+        self.abort = abort or threading.Event()
+        self._probers: dict[int, tuple[object, HttpProber]] = {}
+        self._probers_lock = threading.Lock()
 
     def run(
-        self,
-        check: Check,
-        executor: Executor,
-        *,
-        retries: int | None = None,
-        stop: threading.Event | None = None,
+        self, check: Check, executor: Executor, *, retries: int | None = None, yield_to_abort: bool = False
     ) -> Verdict:
         """The check with its retries: the first passing attempt wins, else the last failure.
 
-        `stop` (the run's abort) ends the retries at once: no verification outlives an abort.
+        The wait between attempts always ends at an abort: no retry starts after it (a
+        verification's retries must not hold the rollback back). `yield_to_abort` also cuts
+        short the attempt in flight (pre-checks); otherwise it finishes within its timeout.
         """
         attempts = 1 + (check.retries if retries is None else retries)
-        verdict = self.once(check, executor)
+        verdict = self.once(check, executor, interruptible_by_abort=yield_to_abort)
         for attempt in range(2, attempts + 1):
-            if verdict.ok or self.stop.is_set() or (stop or self.stop).wait(check.interval):
+            if verdict.ok or self._wait_interrupted(check.interval, yield_to_abort=True):
                 break
-            verdict = self.once(check, executor)
+            verdict = self.once(check, executor, interruptible_by_abort=yield_to_abort)
             verdict = Verdict(verdict.ok, verdict.summary, {**verdict.observed, "attempt": attempt})
         return verdict
 
-    def once(self, check: Check, executor: Executor) -> Verdict:
+    def _wait_interrupted(self, seconds: float, yield_to_abort: bool) -> bool:
+        """Sleep up to `seconds`, waking at once on stop (or abort, when asked); True if woken."""
+        deadline = time.monotonic() + seconds
+        while not (self.stop.is_set() or (yield_to_abort and self.abort.is_set())):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.stop.wait(min(left, PROBE_SLICE))
+        return True
+
+    def prober(self, key: object) -> HttpProber:
+        """The HTTP client kept for one check (or document source), built on first use."""
+        from rollout.checks.http import HttpProber
+
+        with self._probers_lock:
+            entry = self._probers.get(id(key))
+            if entry is None or entry[0] is not key:
+                entry = (key, HttpProber())  # the key is kept so that its id is not reused
+                self._probers[id(key)] = entry
+            return entry[1]
+
+    def close(self) -> None:
+        """Close every kept HTTP client; safe to call twice."""
+        with self._probers_lock:
+            probers = [p for _, p in self._probers.values()]
+            self._probers.clear()
+        for prober in probers:
+            prober.close()
+
+    def once(self, check: Check, executor: Executor, *, interruptible_by_abort: bool = False) -> Verdict:
         """One attempt; any failure to ask becomes a failing verdict, never an exception."""
+        if interruptible_by_abort:
+
+            def interrupted() -> bool:
+                return self.stop.is_set() or self.abort.is_set()
+        else:
+            interrupted = self.stop.is_set
         try:
             if check.command is not None:
                 result = executor.run(check.command.run, timeout=check.timeout)
                 return evaluate_command(check.command, result)
             if check.http is not None:
-                from rollout.checks.http import http_probe
-
                 h = check.http
-                obs = http_probe(h.url, method=h.method, headers=h.headers, timeout=check.timeout)
+                obs = self.prober(h).probe(
+                    h.url, method=h.method, headers=h.headers, timeout=check.timeout, interrupted=interrupted
+                )
                 return evaluate_http(h, obs)
             if check.tcp is not None:
                 from rollout.checks.http import tcp_probe
@@ -102,9 +152,7 @@ class CheckRunner:
                 raise MetadataError(f"{name} exited {result.exit_code}: {result.tail('stderr', 3)}")
             return result.stdout.encode("utf-8"), name
         assert source.url is not None
-        from rollout.checks.http import http_probe
-
-        obs: HttpObservation = http_probe(source.url, timeout=timeout)
+        obs: HttpObservation = self.prober(source).probe(source.url, timeout=timeout, interrupted=self.stop.is_set)
         if obs.error is not None or obs.status != 200:
             raise MetadataError(f"{source.url}: {obs.error or f'status {obs.status}'}")
         return obs.body.encode("utf-8"), source.url

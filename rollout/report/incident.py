@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rollout.atomic import write_atomic
 from rollout.errors import JournalError
 from rollout.event import EventKind, Outcome
 from rollout.journal import Record, final_run_end, read_journal
@@ -489,7 +489,7 @@ def build_report(records: Sequence[Record], *, run_id: str) -> IncidentReport:
             journal_head=records[-1].hash,
             journal_records=len(records),
             tool_version=str(start or "?"),
-            verify_command=f"rollout verify {summary.run_id}",
+            verify_command=f"rollout verify {summary.run_id} --head {len(records)}:{records[-1].hash}",
         ),
         bars=bars,
         guard_segments=segments,
@@ -678,15 +678,8 @@ def write_markdown_report(run: RunDir) -> Path:
     """Write report.md into the run directory (owner-only) and return its path."""
     text = render_markdown(load_report(run))
     target = run.report
-    tmp = target.with_name(target.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+        write_atomic(target, text, mode=0o600)
     except OSError as exc:
         raise JournalError(f"cannot write the report {target}: {exc.strerror or exc}") from exc
     return target

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import queue
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rollout.atomic import write_atomic
 from rollout.event import Event, EventKind, Outcome
 
 if TYPE_CHECKING:
@@ -121,11 +121,13 @@ class _Sink:
             return ok, {"http_status": obs.status}
         line = json.dumps(document, sort_keys=True, ensure_ascii=False) + "\n"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            # Rewritten whole rather than appended: a reader never sees a torn document,
+            # and a full disk leaves the previous documents intact. A run sends a handful.
             try:
-                os.write(fd, line.encode("utf-8"))
-            finally:
-                os.close(fd)
+                before = self.path.read_bytes()
+            except FileNotFoundError:
+                before = b""
+            write_atomic(self.path, before + line.encode("utf-8"), mode=0o600)
         except OSError as exc:
             return False, {"error": f"cannot append to {self.path}: {exc.strerror or exc}"}
         return True, {}
@@ -139,8 +141,16 @@ class _Sink:
 class Notifier:
     """A Bus sink that turns run events into status documents and delivers them in the background."""
 
-    def __init__(self, schedule: Schedule, bus: Bus, *, backoff: float = BACKOFF_BASE) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        bus: Bus,
+        *,
+        backoff: float = BACKOFF_BASE,
+        head: Callable[[], tuple[int, str]] | None = None,
+    ) -> None:
         self._bus = bus
+        self._head = head
         self._backoff = backoff
         self._plan = schedule.plan_name
         self._env = schedule.env_name
@@ -297,7 +307,15 @@ class Notifier:
             "run_id": self._run_id,
             "plan": self._plan,
             "environment": self._env,
+            **self._journal_head(),
         }
+
+    def _journal_head(self) -> dict[str, str]:
+        """The journal head as of the event behind this document: an anchor kept off the machine."""
+        if self._head is None:
+            return {}
+        seq, digest = self._head()
+        return {"journal_head": f"{seq}:{digest}"}
 
     def _enqueue(self, update: _Update) -> None:
         now = _now()
