@@ -3,8 +3,7 @@
 Each case states what must hold and checks it against real parts (a real journal on disk,
 real subprocesses, the real sshd, real HTTP servers on 127.0.0.1), reusing the focused
 tests and helpers of the other test modules so the matrix stays one readable list and
-each case stays fast. The input-bound cases (template expansion, durations, key paths,
-unknown --var, ssh templates, FIFO includes) join this list with their fixes.
+each case stays fast.
 """
 
 from __future__ import annotations
@@ -22,15 +21,17 @@ from rollout.event import Event
 from rollout.journal import Journal, read_journal, verify_journal
 from tests import test_atomic as atomic_tests
 from tests import test_engine_journal_failure as journal_failure_tests
+from tests import test_hostile_inputs as input_tests
 from tests import test_http_deadline as http_tests
 from tests import test_journal as journal_tests
+from tests import test_metadata_paths as metadata_path_tests
 from tests import test_plan_errors as plan_error_tests
 from tests import test_recover as recover_tests
 from tests import test_redaction_encodings as redaction_tests
 from tests import test_ssh_run as ssh_run_tests
 from tests import test_template as template_tests
 from tests.conftest_sshd import SshdServer
-from tests.helpers import Fleet, running_fleet
+from tests.helpers import Cli, Fleet, running_fleet
 
 RUN_ID = journal_tests.RUN_ID
 DIGEST = journal_tests.DIGEST
@@ -96,8 +97,8 @@ def test_torn_tail_is_set_aside_and_the_chain_continues(journal_path: Path) -> N
 # --- 6-8: the disk fails under the journal ----------------------------------------------
 
 
-def test_disk_full_stops_the_run_before_the_next_change(tmp_path: Path) -> None:
-    journal_failure_tests.test_a_journal_write_error_stops_the_run_before_the_next_change(tmp_path)
+def test_disk_full_stops_the_run_before_the_next_change_and_rolls_back(tmp_path: Path) -> None:
+    journal_failure_tests.test_a_journal_write_error_stops_forward_work_and_rolls_back_what_was_applied(tmp_path)
 
 
 def test_disk_full_on_an_intent_never_runs_that_change(tmp_path: Path) -> None:
@@ -298,3 +299,48 @@ def test_disk_full_while_writing_a_report_keeps_the_old_file_and_no_temporary(
 
 def test_short_writes_of_a_report_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     atomic_tests.test_report_on_a_full_disk_is_not_cut_short(tmp_path, monkeypatch)
+
+
+# --- inputs that cost without bound or pass silently ------------------------------------------
+
+
+def test_nested_template_bomb_fails_fast_naming_the_variable(tmp_path: Path) -> None:
+    input_tests.test_nested_variable_bomb_fails_fast_naming_the_variable_where_it_is_defined(tmp_path)
+
+
+def test_absurd_durations_are_refused_at_validate_time_with_their_location(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absurd = [
+        "absurdly long duration",
+        "timeout that is not a number",
+        "guard period of infinity",
+        "negative bake",
+        "zero step timeout",
+        "check timeout over an hour",
+        "duration in non-ASCII digits",
+    ]
+    for name in absurd:
+        case_dir = tmp_path / name.replace(" ", "-")
+        case_dir.mkdir()
+        plan_error_tests.test_bad_plan_is_refused_with_a_located_error(plan_error_tests.CASES[name], case_dir, capsys)
+
+
+def test_a_metadata_key_path_that_matches_nothing_is_an_error(cli: Cli) -> None:
+    metadata_path_tests.test_unique_with_a_typo_is_exit_2_on_a_file_with_a_duplicate(cli)
+    metadata_path_tests.test_diff_with_a_key_typo_is_exit_2_not_zero_changes(cli)
+
+
+def test_an_unknown_var_is_refused_naming_the_closest_variable(tmp_path: Path, cli: Cli) -> None:
+    input_tests.test_an_unknown_var_is_exit_2_naming_the_closest_variable(tmp_path, cli, "run")
+
+
+def test_templates_in_ssh_options_are_rendered_or_located(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "rendered").mkdir()
+    (tmp_path / "undefined").mkdir()
+    input_tests.test_ssh_options_and_addresses_are_rendered_for_each_host(tmp_path / "rendered")
+    input_tests.test_an_undefined_variable_in_an_ssh_option_is_located(tmp_path / "undefined", cli)
+
+
+def test_an_include_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    input_tests.test_an_include_that_is_a_fifo_is_refused_without_blocking(tmp_path)
