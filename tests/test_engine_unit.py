@@ -14,7 +14,7 @@ from rollout.engine.events import Bus, ListSink
 from rollout.engine.prepare import compute_waves, prepare_schedule
 from rollout.errors import ConnectError, ExitStatus
 from rollout.event import EventKind, Outcome
-from rollout.executors.base import CommandResult, Executor, Target
+from rollout.executors.base import CommandResult, Executor, OnStart, Target
 from rollout.model import Percent
 from rollout.planfile import load_plan
 
@@ -30,6 +30,8 @@ class FakeHost:
         self.lock = threading.Lock()
         self.blocking = threading.Event()  # set once a `block` command is running
         self.cancels = 0
+        self.next_pgid = 1000  # the fake process group each started command reports
+        self.envs: list[tuple[str, str, dict[str, str]]] = []  # (host, command, env) of every run
 
 
 class FakeExecutor:
@@ -47,15 +49,23 @@ class FakeExecutor:
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         with self.fleet.lock:
             self.fleet.log.append((self.target.name, command))
+            self.fleet.envs.append((self.target.name, command, dict(env or {})))
+        planned = self.fleet.sequence.get((self.target.name, command))
+        unreachable = (planned and planned[0] == "unreachable") or (self.target.name, command) in self.fleet.unreachable
+        if on_start is not None and not unreachable:
+            with self.fleet.lock:
+                self.fleet.next_pgid += 1
+                pgid = self.fleet.next_pgid
+            on_start(pgid)  # a real executor reports the group once the command exists
         if command == "block":
             self._cancelled.clear()
             self.fleet.blocking.set()
             cancelled = self._cancelled.wait(timeout or 30)
             return CommandResult(self.target.name, command, None, "", "", 0.0, cancelled=cancelled)
-        planned = self.fleet.sequence.get((self.target.name, command))
         if planned:
             outcome = planned.pop(0)
             if outcome == "unreachable":

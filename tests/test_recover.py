@@ -39,6 +39,15 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         yield f
 
 
+def process_alive(pid: int) -> bool:
+    """True if `pid` is a live process (a zombie waiting for its reaper counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
 def _slow(pidfile: Path) -> str:
     # the step's shell becomes the sleep, so the test can kill the orphan the dead run left
     return f"echo $$ > {pidfile}; exec sleep 30"
@@ -61,7 +70,9 @@ def during_rollback(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], boo
     prefix = f"if [ ! -f {marker} ]; then touch {marker}; echo $$ > {tmp / 'orphan.pid'}; sleep 30; fi; "
     fail = {"name": "post-check", "run": "false", "rollback": "true", "timeout": "5s"}
     spec = PlanSpec(extra_steps=[fail], activate_rollback_prefix=prefix)
-    return spec, is_event("rollback.intent", step="activate-release")
+    started = is_event("rollback.intent", step="activate-release")
+    # Killed once the dead run's rollback is in its slow part: recover's own attempt must be the fast one.
+    return spec, lambda e: started(e) and (tmp / "orphan.pid").exists()
 
 
 def during_bake(tmp: Path) -> tuple[PlanSpec, Callable[[dict[str, Any]], bool]]:
@@ -80,12 +91,15 @@ def test_recover_after_sigkill_puts_every_target_back(
         wait_for_event(state, killed_at, proc=proc)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
-        kill_pidfile(tmp_path / "orphan.pid")
         run_id = run_id_of(state)
         assert "run.end" not in [e["kind"] for e in events(state)]
 
         result = rollout("recover", run_id, "--state-dir", state)
         assert result.returncode == 1, result.stdout + result.stderr
+        # What the dead run left running (its slow step, verify or rollback) was ended by recover.
+        orphan = tmp_path / "orphan.pid"
+        if orphan.exists():
+            assert not process_alive(int(orphan.read_text())), "recover left the dead run's command running"
         assert "targets are back where they started" in result.stdout
         for host in fleet.hosts:
             assert fleet.untouched(host), host

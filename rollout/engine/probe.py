@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,13 @@ from rollout.model import Check, DocumentSource, MetadataCheck, Percent
 class CheckRunner:
     """Runs checks for the engine; `plan_dir` anchors relative local file paths."""
 
-    def __init__(self, plan_dir: Path, *, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, plan_dir: Path, *, stop: threading.Event | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.plan_dir = plan_dir
         self.stop = stop or threading.Event()
+        # Given to every check command: the run's marker, so `recover` can find what a dead run left running.
+        self.env = dict(env or {})
 
     def run(self, check: Check, executor: Executor, *, retries: int | None = None) -> Verdict:
         """The check with its retries: the first passing attempt wins, else the last failure."""
@@ -46,7 +51,7 @@ class CheckRunner:
         """One attempt; any failure to ask becomes a failing verdict, never an exception."""
         try:
             if check.command is not None:
-                result = executor.run(check.command.run, timeout=check.timeout)
+                result = executor.run(check.command.run, timeout=check.timeout, env=self.env)
                 return evaluate_command(check.command, result)
             if check.http is not None:
                 from rollout.checks.http import http_probe
@@ -86,7 +91,7 @@ class CheckRunner:
             name = f"{executor.target.name}:{source.host_file}"
             return executor.read_file(source.host_file), name
         if source.command is not None:
-            result = executor.run(source.command, timeout=timeout)
+            result = executor.run(source.command, timeout=timeout, env=self.env)
             name = f"{executor.target.name}: `{source.command}`"
             if not result.ok:
                 raise MetadataError(f"{name} exited {result.exit_code}: {result.tail('stderr', 3)}")
