@@ -6,7 +6,6 @@ read /proc because local and "remote" processes live on this same machine.
 
 from __future__ import annotations
 
-import os
 import socket
 import stat
 import subprocess
@@ -220,8 +219,38 @@ class TestContract:
         assert result.ok
         assert result.stdout == "started\n"
         assert result.duration < 2.0
-        for pid in wait_for_pids(pids_file, 1):
-            os.kill(pid, 9)
+        # ...and it dies with the command: nothing a step left in its group outlives it.
+        assert wait_until_gone(wait_for_pids(pids_file, 1), timeout=0.5) == []
+
+    def test_background_children_die_when_the_command_exits_normally(self, executor: Executor, tmp_path: Path) -> None:
+        pids_file = tmp_path / "pids"
+        # The children's output goes elsewhere, so nothing holds the pipes: the shell's exit ends the run.
+        command = (
+            f"(sleep 30 >/dev/null 2>&1 & echo $! >> {pids_file}); "
+            f"sleep 30 >/dev/null 2>&1 & echo $! >> {pids_file}; exit 0"
+        )
+        result = executor.run(command)
+        assert result.exit_code == 0
+        assert wait_until_gone(wait_for_pids(pids_file, 2), timeout=0.5) == []
+
+    def test_on_start_reports_the_commands_process_group(self, executor: Executor) -> None:
+        reported: list[int] = []
+        # Field 5 of /proc/self/stat is the process group; the shell's own, as seen on the target.
+        result = executor.run("cut -d' ' -f5 /proc/$$/stat", on_start=reported.append)
+        assert result.ok
+        assert reported == [int(result.stdout)]
+
+    def test_a_failing_on_start_kills_the_command_and_propagates(self, executor: Executor, tmp_path: Path) -> None:
+        pids_file = tmp_path / "pids"
+
+        def refuse(pgid: int) -> None:
+            wait_for_pids(pids_file, 1)
+            raise RuntimeError("cannot record the process")
+
+        with pytest.raises(RuntimeError, match="cannot record"):
+            executor.run(f"echo $$ > {pids_file}; sleep 30", timeout=30, on_start=refuse)
+        assert wait_until_gone(wait_for_pids(pids_file, 1)) == []
+        assert executor.run("echo still usable").stdout == "still usable\n"
 
     def test_commands_run_concurrently_on_one_executor(self, executor: Executor) -> None:
         results: list[CommandResult] = []
