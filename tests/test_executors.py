@@ -380,6 +380,40 @@ class TestSsh:
         assert executor.run("echo again").stdout == "again\n"
         executor.close()
 
+    def test_a_dropped_connection_is_reported_and_its_command_killed_on_reconnect(
+        self, sshd: SshdServer, tmp_path: Path
+    ) -> None:
+        from rollout.executors.ssh import SshExecutor
+
+        executor = SshExecutor(sshd.target())
+        pid_file, done = tmp_path / "pid", tmp_path / "done"
+        reported = threading.Event()
+        results: list[CommandResult] = []
+        command = f"echo $$ > {pid_file}; sleep 3; touch {done}"
+        worker = threading.Thread(
+            target=lambda: results.append(executor.run(command, timeout=30, on_start=lambda _: reported.set()))
+        )
+        try:
+            worker.start()
+            (pid,) = wait_for_pids(pid_file, 1)
+            assert reported.wait(10)
+            sock = executor._sock
+            assert sock is not None
+            sock.shutdown(socket.SHUT_RDWR)  # the network drops mid-command
+            worker.join(timeout=10)
+            (result,) = results
+            assert result.connection_lost
+            assert not result.ok
+            assert result.exit_code is None
+            assert "connection" in result.stderr and "lost" in result.stderr
+            # The next command reconnects, and the cut-off command is gone before it runs.
+            assert executor.run("true").ok
+            assert not is_running(pid)
+            assert not done.exists()
+        finally:
+            executor.close()
+            worker.join(timeout=10)
+
     def test_commands_run_with_sh_not_the_login_shell(self, sshd: SshdServer) -> None:
         executor = open_executor(sshd.target())
         try:
