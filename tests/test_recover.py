@@ -22,6 +22,7 @@ from tests.helpers import (
     events,
     is_event,
     kill_pidfile,
+    pid_alive,
     rollout,
     run_args,
     run_id_of,
@@ -37,15 +38,6 @@ from tests.helpers import (
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     with running_fleet(tmp_path / "fleet", 3) as f:
         yield f
-
-
-def process_alive(pid: int) -> bool:
-    """True if `pid` is a live process (a zombie waiting for its reaper counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _slow(pidfile: Path) -> str:
@@ -99,7 +91,7 @@ def test_recover_after_sigkill_puts_every_target_back(
         # What the dead run left running (its slow step, verify or rollback) was ended by recover.
         orphan = tmp_path / "orphan.pid"
         if orphan.exists():
-            assert not process_alive(int(orphan.read_text())), "recover left the dead run's command running"
+            assert not pid_alive(int(orphan.read_text())), "recover left the dead run's command running"
         assert "targets are back where they started" in result.stdout
         for host in fleet.hosts:
             assert fleet.untouched(host), host
