@@ -295,3 +295,24 @@ def test_a_retry_that_cannot_connect_keeps_the_step_that_already_ran_in_the_roll
     result = engine.run()
     assert result.outcome == Outcome.ROLLED_BACK
     assert ("h1", "undo-a") in fleet.log  # the first attempt ran, so it is undone
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def test_every_step_and_rollback_command_is_marked_and_its_process_group_journaled(tmp_path: Path) -> None:
+    fleet = FakeHost(failing={("h1", "do-b")})
+    engine, fleet, sink = _engine(tmp_path, THREE_STEPS, hosts=1, fleet=fleet)
+    assert engine.run().outcome == Outcome.ROLLED_BACK
+    intents = [e for e in sink.events if e.kind in (EventKind.STEP_INTENT, EventKind.ROLLBACK_INTENT)]
+    started = [e for e in sink.events if e.kind == EventKind.PROCESS]
+    # One process.start per command, right after its intent, naming the same attempt.
+    assert [(e.step, e.data["attempt_id"]) for e in started] == [(e.step, e.data["attempt_id"]) for e in intents]
+    assert [e.data["role"] for e in started] == ["step", "step", "rollback", "rollback"]
+    assert len({e.data["attempt_id"] for e in intents}) == len(intents)
+    for event in started:
+        assert sink.events[sink.events.index(event) - 1].data["attempt_id"] == event.data["attempt_id"]
+    envs = {command: env for _host, command, env in fleet.envs}
+    for intent in intents:
+        command = intent.data["command"]
+        assert envs[command] == {"ROLLOUT_RUN": "unit", "ROLLOUT_ATTEMPT_ID": intent.data["attempt_id"]}

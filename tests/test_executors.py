@@ -405,7 +405,8 @@ class TestSsh:
             assert result.connection_lost
             assert not result.ok
             assert result.exit_code is None
-            assert "connection" in result.stderr and "lost" in result.stderr
+            assert "connection" in result.stderr
+            assert "lost" in result.stderr
             # The next command reconnects, and the cut-off command is gone before it runs.
             assert executor.run("true").ok
             assert not is_running(pid)

@@ -291,4 +291,3 @@ def test_a_dropped_ssh_connection_is_journaled_and_its_command_killed_before_the
         proc.kill()
         if cmd_pid is not None and pid_alive(cmd_pid):
             os.killpg(cmd_pid, signal.SIGKILL)
-
