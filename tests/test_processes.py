@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from rollout.engine.apply import Engine
+from rollout.engine.events import Bus
+from rollout.engine.prepare import prepare_schedule
 from rollout.engine.processes import (
     InDoubtCommand,
     command_env,
@@ -25,8 +28,10 @@ from rollout.engine.processes import (
     scan_script,
     select_processes,
 )
+from rollout.errors import ExitStatus, JournalError
 from rollout.event import Event, EventKind
 from rollout.executors import Target, open_executor
+from rollout.planfile import load_plan
 from tests.conftest_sshd import SshdServer
 from tests.helpers import events, pid_alive, rollout, run_args, run_id_of, start_rollout, wait_for_event, write_plan
 
@@ -291,3 +296,36 @@ def test_a_dropped_ssh_connection_is_journaled_and_its_command_killed_before_the
         proc.kill()
         if cmd_pid is not None and pid_alive(cmd_pid):
             os.killpg(cmd_pid, signal.SIGKILL)
+
+
+class _JournalFullAfter:
+    """A journal sink that fails once it holds `ok_events` events."""
+
+    def __init__(self, ok_events: int) -> None:
+        self.ok_events = ok_events
+        self.events: list[Event] = []
+
+    def emit(self, event: Event, *, sync: bool) -> None:
+        if len(self.events) >= self.ok_events:
+            raise JournalError("cannot write the journal: No space left on device")
+        self.events.append(event)
+
+
+def test_a_command_whose_process_group_cannot_be_journaled_is_killed(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: unrecorded\n"
+        "environments: {lab: {hosts: {h1: {}}}}\n"
+        "steps:\n"
+        f"  - {{name: one, run: 'echo $$ > {tmp_path}/pid; sleep 2; touch {tmp_path}/one', rollback: 'true'}}\n"
+    )
+    schedule = prepare_schedule(load_plan(plan), "lab", run_id="unrecorded")
+    journal = _JournalFullAfter(ok_events=4)  # run.start, prechecks.passed, wave.start, intent(one)
+    result = Engine(schedule, Bus(journal)).run()
+    assert result.exit_status == ExitStatus.JOURNAL
+    assert [e.kind for e in journal.events][-1] == EventKind.STEP_INTENT
+    # The command ran unrecorded for an instant only: it is dead before run() returns.
+    pid_file = tmp_path / "pid"
+    if pid_file.exists():
+        assert not pid_alive(int(pid_file.read_text()))
+    assert not (tmp_path / "one").exists()
