@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint typecheck bench clean sshd-deps
+.PHONY: demo test check lint typecheck bench clean sshd-deps fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(VENV)/.installed
 
 test: $(STAMP) sshd-deps
 	$(PY) -m pytest -q
+
+# The long versions of the exhaustive and randomised tests; one line per suite.
+fuzz: $(STAMP) sshd-deps
+	ROLLOUT_CRASH_ALL=1 $(PY) -m pytest -q tests/test_crash.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rollout tests bench examples
