@@ -108,6 +108,17 @@ def _kill_script(pgids: list[int]) -> str:
     )
 
 
+def _leftovers_script(pgid: int) -> str:
+    """Shell that ends what an exited command left in its group: nothing to do costs one kill(2)."""
+    rounds = max(1, int(KILL_GRACE / 0.05))
+    # TERM fails when the group is empty: the common case ends there, with no ps and no wait.
+    return (
+        f"kill -TERM -{pgid} 2>/dev/null || exit 0; n=0; "
+        f"while [ $n -lt {rounds} ] && kill -0 -{pgid} 2>/dev/null; do sleep 0.05; n=$((n+1)); done; "
+        f"kill -KILL -{pgid} 2>/dev/null; exit 0"
+    )
+
+
 class SshExecutor:
     """Runs commands on one SSH target over a single kept connection."""
 
@@ -336,7 +347,7 @@ class SshExecutor:
             if entry.lost:
                 return self._lost(entry, command, started, "the connection closed before the exit status arrived")
             # The command is done: what it left running in its group must not outlive it.
-            self._kill([entry])
+            self._end_leftovers(entry)
         finally:
             with self._lock:
                 self._in_flight.discard(entry)
@@ -486,6 +497,24 @@ class SshExecutor:
                     entry.kill_requested_at = time.monotonic()
                 self._kill([entry])
                 raise
+
+    def _end_leftovers(self, entry: _RemoteRun) -> None:
+        """Kill what an exited command left in its remote process group; best effort."""
+        with entry.lock:
+            pgid = None if entry.killed or entry.pgid is None or entry.pgid <= 1 else entry.pgid
+            entry.killed = True
+        if pgid is None:
+            return
+        try:
+            channel = self._open_channel()
+            try:
+                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
+                channel.exec_command(_leftovers_script(pgid))
+                channel.recv_exit_status()
+            finally:
+                channel.close()
+        except (ExecutorError, paramiko.SSHException, OSError):
+            pass  # the connection is gone: the command itself completed, which is what it reports
 
     def _kill(self, entries: list[_RemoteRun]) -> None:
         """Kill the remote process groups (TERM, grace, KILL), then close their channels."""
