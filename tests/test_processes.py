@@ -329,3 +329,35 @@ def test_a_command_whose_process_group_cannot_be_journaled_is_killed(tmp_path: P
     if pid_file.exists():
         assert not pid_alive(int(pid_file.read_text()))
     assert not (tmp_path / "one").exists()
+
+
+@pytest.mark.ssh
+def test_recover_ends_a_dead_runs_command_on_an_ssh_host_before_rolling_back(tmp_path: Path, sshd: SshdServer) -> None:
+    plan, work = _ssh_plan(tmp_path, sshd)
+    state = tmp_path / "state"
+    proc = start_rollout(*run_args(plan, state))
+    cmd_pid = None
+    try:
+        wait_for_event(state, lambda e: e["kind"] == "process.start" and e["step"] == "upgrade", proc=proc)
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.communicate(timeout=10)
+        deadline = time.monotonic() + 10
+        while not (work / "cmd.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cmd_pid = int((work / "cmd.pid").read_text())
+        assert pid_alive(cmd_pid), "the remote command should outlive the orchestrator"
+
+        result = rollout("recover", run_id_of(state), "--state-dir", state)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert not pid_alive(cmd_pid), "recover left the dead run's remote command running"
+        (found,) = [e for e in events(state) if e["kind"] == "recover.processes"]
+        assert found["outcome"] == "ended"
+        assert {(p["host"], p["step"]) for p in found["data"]["ended"]} == {("node", "upgrade")}
+        while time.monotonic() < killed_at + 3.5:
+            time.sleep(0.05)
+        assert (work / "version").read_text() == "v1\n"
+    finally:
+        proc.kill()
+        if cmd_pid is not None and pid_alive(cmd_pid):
+            os.killpg(cmd_pid, signal.SIGKILL)
