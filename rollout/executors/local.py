@@ -98,19 +98,22 @@ class LocalExecutor:
         """Run `command` with /bin/sh and wait for it, the timeout, or a cancel."""
         extra = validate_env(env)
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**os.environ, **extra} if extra else None,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ExecutorError(f"cannot start /bin/sh: {exc}", host=self.target.name) from exc
-        entry = _InFlight(proc)
+        # Spawn and register under the lock: a cancel() that comes once the command has
+        # started doing things (a loaded machine may run it long before this thread is
+        # scheduled again) must find it in flight.
         with self._lock:
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", command],
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, **extra} if extra else None,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise ExecutorError(f"cannot start /bin/sh: {exc}", host=self.target.name) from exc
+            entry = _InFlight(proc)
             self._in_flight.add(entry)
         try:
             if on_start is not None:
