@@ -125,8 +125,7 @@ def sample(journal: list[dict[str, Any]]) -> list[int]:
     first = {}
     for k, e in enumerate(journal, start=1):
         first.setdefault((e["kind"], e.get("step")), k)
-    picks = {1, n // 2, n - 1, n}
-    picks.add(first[("process.start", "stage")])
+    picks = {1, n // 2, n}
     picks.add(first[("process.start", "activate")])  # activate sleeps: recover must end it
     picks.add(first[("verify.result", "activate")])
     picks.add(first[("bake.start", None)])
@@ -182,7 +181,7 @@ def crash_and_recover(tmp_path: Path, k: int) -> str | None:
 
 
 # Every position costs three CLI processes (run, recover, verify): all of them take minutes.
-@pytest.mark.timeout(900 if os.environ.get("ROLLOUT_CRASH_ALL") else 120)
+@pytest.mark.timeout(900 if os.environ.get("ROLLOUT_CRASH_ALL") else 300)
 def test_recover_after_a_kill_at_each_journal_position_puts_every_target_back(
     tmp_path: Path, positions: list[int]
 ) -> None:
