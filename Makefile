@@ -33,10 +33,11 @@ demo: $(VENV)/.installed
 test: $(STAMP) sshd-deps
 	$(PY) -m pytest -q
 
-# Many more hypothesis examples than `make test` runs (ROLLOUT_FUZZ_EXAMPLES=N to choose).
-fuzz: $(STAMP)
+# The long versions of the exhaustive and randomised tests; one line per suite.
+fuzz: $(STAMP) sshd-deps
 	ROLLOUT_FUZZ_EXAMPLES=$${ROLLOUT_FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -m fuzz -p no:cacheprovider --timeout 3600
 	ROLLOUT_MODEL_EXAMPLES=$${ROLLOUT_MODEL_EXAMPLES:-2000} $(PY) -m pytest -q -p no:cacheprovider --timeout 3600 tests/test_engine_model.py
+	ROLLOUT_CRASH_ALL=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_crash.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rollout tests bench examples

@@ -35,6 +35,7 @@ class EventKind:
     WAVE_START = "wave.start"
     WAVE_END = "wave.end"
     STEP_INTENT = "step.intent"
+    PROCESS = "process.start"  # a step or rollback command's process group exists on its host
     STEP_RESULT = "step.result"
     VERIFY = "verify.result"
     HOST_FAILED = "host.failed"
@@ -48,6 +49,7 @@ class EventKind:
     ROLLBACK_END = "rollback.end"
     RECOVERY = "recovery.guards"
     RECOVER_START = "recover.start"
+    PROCESSES_ENDED = "recover.processes"  # what recover found still running of the dead run, and ended
     IN_DOUBT = "step.in_doubt"
     NOTIFY = "notify.delivery"
     RUN_END = "run.end"

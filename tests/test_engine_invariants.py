@@ -18,7 +18,7 @@ from rollout.engine.events import Bus, ListSink
 from rollout.engine.prepare import prepare_schedule
 from rollout.errors import ExitStatus, JournalError
 from rollout.event import Event, EventKind, Outcome
-from rollout.executors.base import CommandResult, Executor, Target
+from rollout.executors.base import CommandResult, Executor, OnStart, Target
 from rollout.planfile import load_plan
 from tests.helpers import Cli
 from tests.test_engine_unit import THREE_STEPS, FakeExecutor, FakeHost
@@ -46,6 +46,7 @@ class StatefulExecutor(FakeExecutor):
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         key = (self.target.name, command)
         if key in self.fleet.hooks:
@@ -54,7 +55,7 @@ class StatefulExecutor(FakeExecutor):
             with self.fleet.lock:
                 self.fleet.log.append(key)
             raise self.fleet.raising[key]
-        result = super().run(command, timeout=timeout, env=env, stdin=stdin)
+        result = super().run(command, timeout=timeout, env=env, stdin=stdin, on_start=on_start)
         with self.fleet.lock:
             applied = self.fleet.state.setdefault(self.target.name, set())
             if command.startswith("do-"):
@@ -144,6 +145,7 @@ class GuardProbeAfterLastStep(StatefulExecutor):
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         if command == "probe":
             with self.fleet.lock:
@@ -152,7 +154,7 @@ class GuardProbeAfterLastStep(StatefulExecutor):
                 self.fleet.hooks[("release", "probe")].wait(10)
                 return CommandResult(self.target.name, command, 1, "", "503", 0.0)
             return CommandResult(self.target.name, command, 0, "", "", 0.0)
-        return super().run(command, timeout=timeout, env=env, stdin=stdin)
+        return super().run(command, timeout=timeout, env=env, stdin=stdin, on_start=on_start)
 
 
 class ReleaseOnWaveEnd(ListSink):
@@ -223,13 +225,14 @@ def test_the_grace_period_cancel_never_kills_a_within_budget_rollback(tmp_path: 
             timeout: float | None = None,
             env: Mapping[str, str] | None = None,
             stdin: bytes | None = None,
+            on_start: OnStart | None = None,
         ) -> CommandResult:
             if command == "undo-a" and self.target.name == "h1":
                 h1_rolling_back.set()
                 # long enough for the grace (10 ms) to expire; a cancel ends it at once
                 if self._cancelled.wait(1.0):
                     return CommandResult(self.target.name, command, None, "", "", 1.0, cancelled=True)
-            return super().run(command, timeout=timeout, env=env, stdin=stdin)
+            return super().run(command, timeout=timeout, env=env, stdin=stdin, on_start=on_start)
 
     steps = "  - {name: a, run: do-a, rollback: undo-a}\n"
     engine, sink = _engine(tmp_path, steps, fleet, budget=1, concurrency=2, grace=0.01)

@@ -54,8 +54,9 @@ steps:
 
 def test_a_journal_write_error_stops_forward_work_and_rolls_back_what_was_applied(tmp_path: Path) -> None:
     schedule = prepare_schedule(load_plan(_plan(tmp_path)), "lab", run_id="r1")
-    # run.start, prechecks.passed, wave.start, intent(one), result(one): the next intent cannot be written
-    journal = FailingJournal(ok_events=5)
+    # run.start, prechecks.passed, wave.start, intent(one), process.start(one), result(one):
+    # the next intent cannot be written
+    journal = FailingJournal(ok_events=6)
     side = ListSink()
     result = Engine(schedule, Bus(journal, fallback=side)).run()
     assert result.outcome == Outcome.JOURNAL_FAILED

@@ -40,7 +40,7 @@ from rollout.engine.prepare import prepare_schedule
 from rollout.engine.recover import state_from_events
 from rollout.errors import JournalError
 from rollout.event import Event, EventKind, Outcome
-from rollout.executors.base import CommandResult, Target
+from rollout.executors.base import CommandResult, OnStart, Target
 from rollout.journal import Journal, read_journal, verify_journal
 from rollout.planfile import load_plan
 
@@ -132,8 +132,11 @@ class ModelExecutor:
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         host, sc = self.target.name, self.truth.scenario
+        if on_start is not None and command != "probe":
+            on_start(4242)  # the process group a real executor would report
         with self.truth.lock:
             applied = self.truth.applied.setdefault(host, [])
             if command == "probe":

@@ -14,7 +14,7 @@ from rollout.engine.events import Bus, ListSink
 from rollout.engine.prepare import compute_waves, prepare_schedule
 from rollout.errors import ConnectError, ExitStatus
 from rollout.event import EventKind, Outcome
-from rollout.executors.base import CommandResult, Executor, Target
+from rollout.executors.base import CommandResult, Executor, OnStart, Target
 from rollout.model import Percent
 from rollout.planfile import load_plan
 
@@ -30,6 +30,8 @@ class FakeHost:
         self.lock = threading.Lock()
         self.blocking = threading.Event()  # set once a `block` command is running
         self.cancels = 0
+        self.next_pgid = 1000  # the fake process group each started command reports
+        self.envs: list[tuple[str, str, dict[str, str]]] = []  # (host, command, env) of every run
 
 
 class FakeExecutor:
@@ -47,15 +49,23 @@ class FakeExecutor:
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         with self.fleet.lock:
             self.fleet.log.append((self.target.name, command))
+            self.fleet.envs.append((self.target.name, command, dict(env or {})))
+        planned = self.fleet.sequence.get((self.target.name, command))
+        unreachable = (planned and planned[0] == "unreachable") or (self.target.name, command) in self.fleet.unreachable
+        if on_start is not None and not unreachable:
+            with self.fleet.lock:
+                self.fleet.next_pgid += 1
+                pgid = self.fleet.next_pgid
+            on_start(pgid)  # a real executor reports the group once the command exists
         if command == "block":
             self._cancelled.clear()
             self.fleet.blocking.set()
             cancelled = self._cancelled.wait(timeout or 30)
             return CommandResult(self.target.name, command, None, "", "", 0.0, cancelled=cancelled)
-        planned = self.fleet.sequence.get((self.target.name, command))
         if planned:
             outcome = planned.pop(0)
             if outcome == "unreachable":
@@ -285,3 +295,24 @@ def test_a_retry_that_cannot_connect_keeps_the_step_that_already_ran_in_the_roll
     result = engine.run()
     assert result.outcome == Outcome.ROLLED_BACK
     assert ("h1", "undo-a") in fleet.log  # the first attempt ran, so it is undone
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def test_every_step_and_rollback_command_is_marked_and_its_process_group_journaled(tmp_path: Path) -> None:
+    fleet = FakeHost(failing={("h1", "do-b")})
+    engine, fleet, sink = _engine(tmp_path, THREE_STEPS, hosts=1, fleet=fleet)
+    assert engine.run().outcome == Outcome.ROLLED_BACK
+    intents = [e for e in sink.events if e.kind in (EventKind.STEP_INTENT, EventKind.ROLLBACK_INTENT)]
+    started = [e for e in sink.events if e.kind == EventKind.PROCESS]
+    # One process.start per command, right after its intent, naming the same attempt.
+    assert [(e.step, e.data["attempt_id"]) for e in started] == [(e.step, e.data["attempt_id"]) for e in intents]
+    assert [e.data["role"] for e in started] == ["step", "step", "rollback", "rollback"]
+    assert len({e.data["attempt_id"] for e in intents}) == len(intents)
+    for event in started:
+        assert sink.events[sink.events.index(event) - 1].data["attempt_id"] == event.data["attempt_id"]
+    envs = {command: env for _host, command, env in fleet.envs}
+    for intent in intents:
+        command = intent.data["command"]
+        assert envs[command] == {"ROLLOUT_RUN": "unit", "ROLLOUT_ATTEMPT_ID": intent.data["attempt_id"]}

@@ -6,7 +6,6 @@ read /proc because local and "remote" processes live on this same machine.
 
 from __future__ import annotations
 
-import os
 import socket
 import stat
 import subprocess
@@ -220,8 +219,38 @@ class TestContract:
         assert result.ok
         assert result.stdout == "started\n"
         assert result.duration < 2.0
-        for pid in wait_for_pids(pids_file, 1):
-            os.kill(pid, 9)
+        # ...and it dies with the command: nothing a step left in its group outlives it.
+        assert wait_until_gone(wait_for_pids(pids_file, 1), timeout=0.5) == []
+
+    def test_background_children_die_when_the_command_exits_normally(self, executor: Executor, tmp_path: Path) -> None:
+        pids_file = tmp_path / "pids"
+        # The children's output goes elsewhere, so nothing holds the pipes: the shell's exit ends the run.
+        command = (
+            f"(sleep 30 >/dev/null 2>&1 & echo $! >> {pids_file}); "
+            f"sleep 30 >/dev/null 2>&1 & echo $! >> {pids_file}; exit 0"
+        )
+        result = executor.run(command)
+        assert result.exit_code == 0
+        assert wait_until_gone(wait_for_pids(pids_file, 2), timeout=0.5) == []
+
+    def test_on_start_reports_the_commands_process_group(self, executor: Executor) -> None:
+        reported: list[int] = []
+        # Field 5 of /proc/self/stat is the process group; the shell's own, as seen on the target.
+        result = executor.run("cut -d' ' -f5 /proc/$$/stat", on_start=reported.append)
+        assert result.ok
+        assert reported == [int(result.stdout)]
+
+    def test_a_failing_on_start_kills_the_command_and_propagates(self, executor: Executor, tmp_path: Path) -> None:
+        pids_file = tmp_path / "pids"
+
+        def refuse(pgid: int) -> None:
+            wait_for_pids(pids_file, 1)
+            raise RuntimeError("cannot record the process")
+
+        with pytest.raises(RuntimeError, match="cannot record"):
+            executor.run(f"echo $$ > {pids_file}; sleep 30", timeout=30, on_start=refuse)
+        assert wait_until_gone(wait_for_pids(pids_file, 1)) == []
+        assert executor.run("echo still usable").stdout == "still usable\n"
 
     def test_commands_run_concurrently_on_one_executor(self, executor: Executor) -> None:
         results: list[CommandResult] = []
@@ -350,6 +379,41 @@ class TestSsh:
         executor.close()
         assert executor.run("echo again").stdout == "again\n"
         executor.close()
+
+    def test_a_dropped_connection_is_reported_and_its_command_killed_on_reconnect(
+        self, sshd: SshdServer, tmp_path: Path
+    ) -> None:
+        from rollout.executors.ssh import SshExecutor
+
+        executor = SshExecutor(sshd.target())
+        pid_file, done = tmp_path / "pid", tmp_path / "done"
+        reported = threading.Event()
+        results: list[CommandResult] = []
+        command = f"echo $$ > {pid_file}; sleep 3; touch {done}"
+        worker = threading.Thread(
+            target=lambda: results.append(executor.run(command, timeout=30, on_start=lambda _: reported.set()))
+        )
+        try:
+            worker.start()
+            (pid,) = wait_for_pids(pid_file, 1)
+            assert reported.wait(10)
+            sock = executor._sock
+            assert sock is not None
+            sock.shutdown(socket.SHUT_RDWR)  # the network drops mid-command
+            worker.join(timeout=10)
+            (result,) = results
+            assert result.connection_lost
+            assert not result.ok
+            assert result.exit_code is None
+            assert "connection" in result.stderr
+            assert "lost" in result.stderr
+            # The next command reconnects, and the cut-off command is gone before it runs.
+            assert executor.run("true").ok
+            assert not is_running(pid)
+            assert not done.exists()
+        finally:
+            executor.close()
+            worker.join(timeout=10)
 
     def test_commands_run_with_sh_not_the_login_shell(self, sshd: SshdServer) -> None:
         executor = open_executor(sshd.target())

@@ -42,10 +42,11 @@ from rollout.engine.events import Bus
 from rollout.engine.guards import GREEN, TRIPPED, GuardMonitor, GuardState
 from rollout.engine.prepare import HostPlan, Schedule
 from rollout.engine.probe import CheckRunner
+from rollout.engine.processes import command_env, new_token
 from rollout.errors import ConnectError, ExecutorError, ExitStatus, JournalError
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors import open_executor
-from rollout.executors.base import CommandResult, Executor, Target
+from rollout.executors.base import CommandResult, Executor, OnStart, Target
 from rollout.model import Guard, Step, format_duration
 
 OUTPUT_EXCERPT = 2000
@@ -175,7 +176,12 @@ class Engine:
         self._host_rollback_failures: list[RollbackFailure] = []
         self._host_remaining: dict[str, tuple[str, ...]] = {}
         self._state_lock = threading.Lock()
-        self.runner = CheckRunner(schedule.loaded.path.parent.resolve(), stop=self._stop_probes, abort=self._abort)
+        self.runner = CheckRunner(
+            schedule.loaded.path.parent.resolve(),
+            stop=self._stop_probes,
+            abort=self._abort,
+            env=command_env(schedule.run_id),
+        )
         guards = {name: host.guards for name, host in schedule.hosts.items()}
         self.guards = GuardMonitor(
             guards,
@@ -678,6 +684,7 @@ class Engine:
         attempts = step.retries + 1
         result: CommandResult | None = None
         for attempt in range(1, attempts + 1):
+            token = new_token()
             intent = Event(
                 EventKind.STEP_INTENT,
                 wave=wave,
@@ -688,6 +695,7 @@ class Engine:
                     "attempt": attempt,
                     "timeout": format_duration(step.timeout),
                     "index": applied.index,
+                    "attempt_id": token,
                 },
             )
             if not self._emit_intent(intent):
@@ -698,7 +706,12 @@ class Engine:
                 if applied not in self._applied[host.name]:
                     self._applied[host.name].append(applied)
             try:
-                result = ex.run(step.run, timeout=step.timeout)
+                result = ex.run(
+                    step.run,
+                    timeout=step.timeout,
+                    env=command_env(self.schedule.run_id, token),
+                    on_start=self._record_process(wave, host.name, step.name, "step", token),
+                )
             except ConnectError as exc:
                 if attempt == 1:
                     return self._not_started(wave, host, applied, exc)
@@ -729,11 +742,7 @@ class Engine:
             return None
         if not result.ok:
             applied.state = "failed"
-            what = (
-                "timed out"
-                if result.timed_out
-                else ("was killed" if result.cancelled else f"exited {result.exit_code}")
-            )
+            what = "timed out" if result.timed_out else ("was killed" if result.cancelled else _ended(result))
             tail = excerpt(result.stderr or result.stdout, 300)
             return Cause(
                 "step",
@@ -793,9 +802,34 @@ class Engine:
             step=applied.step.name,
         )
 
-    def _execute(self, ex: Executor, command: str, timeout: float) -> CommandResult:
+    def _record_process(self, wave: int | None, host: str, step: str, role: str, token: str) -> OnStart:
+        """A callback that journals a step or rollback command's process group once it exists."""
+
+        def record(pgid: int) -> None:
+            self._emit(
+                Event(
+                    EventKind.PROCESS,
+                    wave=wave,
+                    host=host,
+                    step=step,
+                    data={"role": role, "pgid": pgid, "attempt_id": token},
+                ),
+                sync=True,
+            )
+
+        return record
+
+    def _execute(
+        self,
+        ex: Executor,
+        command: str,
+        timeout: float,
+        *,
+        env: Mapping[str, str] | None = None,
+        on_start: OnStart | None = None,
+    ) -> CommandResult:
         try:
-            return ex.run(command, timeout=timeout)
+            return ex.run(command, timeout=timeout, env=env, on_start=on_start)
         except ExecutorError as exc:
             return CommandResult(
                 host=ex.target.name,
@@ -1043,6 +1077,7 @@ class Engine:
                 )
                 continue
             timeout = step.rollback_timeout or step.timeout
+            token = new_token()
             self._emit(
                 Event(
                     EventKind.ROLLBACK_INTENT,
@@ -1054,12 +1089,19 @@ class Engine:
                         "timeout": format_duration(timeout),
                         "reason": reason,
                         "state": item.state,
+                        "attempt_id": token,
                     },
                 ),
                 sync=True,
             )
             try:
-                result = self._execute(ex, step.rollback, timeout)
+                result = self._execute(
+                    ex,
+                    step.rollback,
+                    timeout,
+                    env=command_env(self.schedule.run_id, token),
+                    on_start=self._record_process(item.wave, host_name, step.name, "rollback", token),
+                )
             except Exception as exc:  # rollout's own failure must not leave the host half undone silently
                 result = CommandResult(host_name, step.rollback, None, "", f"internal error: {exc!r}", 0.0)
             self._emit(
@@ -1078,11 +1120,7 @@ class Engine:
                     item.state = "rolled_back"
                 undone.append((host_name, step.name))
                 continue
-            what = (
-                "timed out"
-                if result.timed_out
-                else ("was killed" if result.cancelled else f"exited {result.exit_code}")
-            )
+            what = "timed out" if result.timed_out else ("was killed" if result.cancelled else _ended(result))
             tail = excerpt(result.stderr or result.stdout, 300)
             failures.append(RollbackFailure(host_name, step.name, f"rollback {what}" + (f": {tail}" if tail else "")))
             # Older steps stay applied: undoing them under a step we could not undo could make things worse.
@@ -1091,9 +1129,18 @@ class Engine:
         return failures, undone, (), tuple(irreversible)
 
 
+def _ended(result: CommandResult) -> str:
+    """How a command that neither timed out nor was killed by us ended, for a summary."""
+    if result.connection_lost:
+        return "lost its connection mid-command"
+    return f"exited {result.exit_code}"
+
+
 def _result_outcome(result: CommandResult) -> str:
     if result.ok:
         return "ok"
+    if result.connection_lost:
+        return "connection_lost"
     if result.timed_out:
         return "timed_out"
     if result.cancelled:
@@ -1112,6 +1159,8 @@ def _result_data(result: CommandResult) -> dict[str, Any]:
         data["timed_out"] = True
     if result.cancelled:
         data["cancelled"] = True
+    if result.connection_lost:
+        data["connection_lost"] = True
     return data
 
 

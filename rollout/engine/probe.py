@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,18 @@ class CheckRunner:
     """
 
     def __init__(
-        self, plan_dir: Path, *, stop: threading.Event | None = None, abort: threading.Event | None = None
+        self,
+        plan_dir: Path,
+        *,
+        stop: threading.Event | None = None,
+        abort: threading.Event | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.plan_dir = plan_dir
         self.stop = stop or threading.Event()
         self.abort = abort or threading.Event()
+        # Given to every check command: the run's marker, so `recover` can find what a dead run left running.
+        self.env = dict(env or {})
         self._probers: dict[int, tuple[object, HttpProber]] = {}
         self._probers_lock = threading.Lock()
 
@@ -106,7 +114,7 @@ class CheckRunner:
             interrupted = self.stop.is_set
         try:
             if check.command is not None:
-                result = executor.run(check.command.run, timeout=check.timeout)
+                result = executor.run(check.command.run, timeout=check.timeout, env=self.env)
                 return evaluate_command(check.command, result)
             if check.http is not None:
                 h = check.http
@@ -146,7 +154,7 @@ class CheckRunner:
             name = f"{executor.target.name}:{source.host_file}"
             return executor.read_file(source.host_file), name
         if source.command is not None:
-            result = executor.run(source.command, timeout=timeout)
+            result = executor.run(source.command, timeout=timeout, env=self.env)
             name = f"{executor.target.name}: `{source.command}`"
             if not result.ok:
                 raise MetadataError(f"{name} exited {result.exit_code}: {result.tail('stderr', 3)}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rollout.engine.apply import AppliedStep, Cause, Engine, RunResult
 from rollout.engine.prepare import Schedule
+from rollout.engine.processes import end_dead_run_processes
 from rollout.event import Event, EventKind, Outcome
 
 
@@ -93,6 +94,8 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
         ),
         sync=True,
     )
+    # The dead run's step shells may still be running: end them before judging or undoing their work.
+    end_dead_run_processes(engine, events)
     if not state.changed:
         cause = Cause("recover", "the run died before any step started: nothing was applied")
         return engine._end_unchanged(Outcome.NOT_STARTED, cause)

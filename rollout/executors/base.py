@@ -6,7 +6,7 @@ so the engine and the checks can depend on it without pulling in any I/O library
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -18,6 +18,11 @@ DEFAULT_READ_LIMIT = 64 * 1024 * 1024
 
 #: Seconds between SIGTERM and SIGKILL when a command's process group must die.
 KILL_GRACE = 0.3
+
+#: Called once per command, on the thread that called run(), with the process group id
+#: of everything the command starts (on the target), as soon as the executor knows it.
+#: If it raises, the executor kills that process group and run() re-raises.
+OnStart = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,13 @@ class CommandResult:
     timed_out: bool = False
     cancelled: bool = False
     truncated: bool = False  # at least one stream lost its head to the cap
+    # The connection to the host dropped while the command ran: how it ended is unknown.
+    connection_lost: bool = False
 
     @property
     def ok(self) -> bool:
         """True when the command ran to completion and exited 0."""
-        return self.exit_code == 0 and not self.timed_out and not self.cancelled
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled and not self.connection_lost
 
     @property
     def failed(self) -> bool:
@@ -86,8 +93,13 @@ class Executor(Protocol):
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
-        """Run `command` with /bin/sh on the target and wait for it (or the timeout)."""
+        """Run `command` with /bin/sh on the target and wait for it (or the timeout).
+
+        Everything the command starts in its process group ends when run() returns,
+        whatever the reason. `on_start` learns that group's id as soon as it exists.
+        """
         ...
 
     def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:

@@ -1,7 +1,9 @@
 """Run commands on this machine: one /bin/sh per command, in its own process group.
 
 Each command gets a new session (so a new process group) so that a timeout or a cancel
-can kill everything the command started, not only the shell. This module must never
+can kill everything the command started, not only the shell; and when the shell exits,
+whatever it left running in that group (`sleep 30 &`) is killed too, before the shell
+is reaped, so the group id cannot have been reused. This module must never
 use `shell=True` (the command string goes to `/bin/sh -c` as one argument) and never
 buffer unbounded output.
 """
@@ -24,6 +26,7 @@ from rollout.executors.base import (
     DEFAULT_READ_LIMIT,
     KILL_GRACE,
     CommandResult,
+    OnStart,
     OutputTail,
     Target,
     validate_env,
@@ -90,33 +93,41 @@ class LocalExecutor:
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         """Run `command` with /bin/sh and wait for it, the timeout, or a cancel."""
         extra = validate_env(env)
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", command],
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={**os.environ, **extra} if extra else None,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise ExecutorError(f"cannot start /bin/sh: {exc}", host=self.target.name) from exc
-        entry = _InFlight(proc)
+        # Spawn and register under the lock: a cancel() that comes once the command has
+        # started doing things (a loaded machine may run it long before this thread is
+        # scheduled again) must find it in flight.
         with self._lock:
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", command],
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, **extra} if extra else None,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise ExecutorError(f"cannot start /bin/sh: {exc}", host=self.target.name) from exc
+            entry = _InFlight(proc)
             self._in_flight.add(entry)
         try:
+            if on_start is not None:
+                on_start(proc.pid)  # start_new_session: the shell's pid is the group id
             out, err, timed_out = self._communicate(proc, entry, stdin, timeout, started)
         finally:
             # Deregister before reaping, under the lock, so cancel() never signals a
             # group whose leader pid may already have been reused.
             with self._lock:
                 self._in_flight.discard(entry)
-            if proc.poll() is None:
-                _kill_group(proc)
+            # On every exit, normal or not: what the command left in its group (background
+            # children) must not outlive the step. The leader is still unreaped here, so
+            # its pid, and with it the group id, cannot belong to anyone else yet.
+            _kill_group(proc)
             proc.wait()
         code = proc.returncode
         killed = timed_out or entry.cancelled

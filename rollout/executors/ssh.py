@@ -10,7 +10,10 @@ Remote commands run as `echo $$; exec /bin/sh -c '<command>'` through the login
 shell. sshd starts each no-pty session with setsid(), so the login shell's pid is the
 process group of everything the command starts; the first stdout line reports it, and a
 timeout or cancel kills that group over a second channel (closing a channel alone
-leaves the remote processes running).
+leaves the remote processes running). When the command exits, what it left in that group
+is killed the same way. When the connection drops mid-command, the result says so
+(`connection_lost`) and the group is killed first thing after reconnecting, before any
+other command (a rollback) runs on the host.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rollout.executors.base import (
     DEFAULT_READ_LIMIT,
     KILL_GRACE,
     CommandResult,
+    OnStart,
     OutputTail,
     Target,
     validate_env,
@@ -72,6 +76,8 @@ class _RemoteRun:
     cancelled: bool = False
     kill_requested_at: float | None = None  # timeout or cancel: kill once pgid is known
     killed: bool = False
+    on_start: OnStart | None = None
+    lost: bool = False  # the connection dropped before the command's exit status arrived
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -102,6 +108,17 @@ def _kill_script(pgids: list[int]) -> str:
     )
 
 
+def _leftovers_script(pgid: int) -> str:
+    """Shell that ends what an exited command left in its group: nothing to do costs one kill(2)."""
+    rounds = max(1, int(KILL_GRACE / 0.05))
+    # TERM fails when the group is empty: the common case ends there, with no ps and no wait.
+    return (
+        f"kill -TERM -{pgid} 2>/dev/null || exit 0; n=0; "
+        f"while [ $n -lt {rounds} ] && kill -0 -{pgid} 2>/dev/null; do sleep 0.05; n=$((n+1)); done; "
+        f"kill -KILL -{pgid} 2>/dev/null; exit 0"
+    )
+
+
 class SshExecutor:
     """Runs commands on one SSH target over a single kept connection."""
 
@@ -113,6 +130,9 @@ class SshExecutor:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._in_flight: set[_RemoteRun] = set()
+        # Process groups of commands whose connection dropped: they may still run, and
+        # are killed on the next connection before anything else runs there.
+        self._orphans: set[int] = set()
 
     # -- connection ---------------------------------------------------------------------
 
@@ -129,10 +149,48 @@ class SshExecutor:
                 if transport is not None and transport.is_active():
                     return transport
                 self._disconnect()
-            self._client, self._sock = self._connect()
-            transport = self._client.get_transport()
+            client, sock = self._connect()
+            try:
+                self._end_orphans(client)
+            except BaseException:
+                client.close()
+                sock.close()
+                raise
+            self._client, self._sock = client, sock
+            transport = client.get_transport()
             assert transport is not None
             return transport
+
+    def _end_orphans(self, client: paramiko.SSHClient) -> None:
+        """Kill the process groups of commands cut off by a dropped connection; raise if we cannot."""
+        with self._lock:
+            pgids = sorted(self._orphans)
+        if not pgids:
+            return
+        transport = client.get_transport()
+        try:
+            assert transport is not None
+            channel = transport.open_session(timeout=self.target.connect_timeout)
+            try:
+                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
+                channel.exec_command(_kill_script(pgids))
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            status = -1
+            detail = f": {exc}"
+        else:
+            detail = f" (exit {status})"
+        if status != 0:
+            # Nothing may run on this host while the cut-off command might still be running.
+            raise ConnectError(
+                f"reconnected to {self.target.endpoint} but could not kill process group(s) "
+                f"{', '.join(map(str, pgids))} of the command(s) cut off by the dropped connection{detail}",
+                host=self.target.name,
+            )
+        with self._lock:
+            self._orphans.difference_update(pgids)
 
     def _connect(self) -> tuple[paramiko.SSHClient, socket.socket]:
         target = self.target
@@ -264,25 +322,32 @@ class SshExecutor:
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        on_start: OnStart | None = None,
     ) -> CommandResult:
         """Run `command` with /bin/sh on the host and wait for it, the timeout, or a cancel."""
         wrapped = _wrap(command, validate_env(env))
         started = time.monotonic()
         channel = self._open_channel()
-        entry = _RemoteRun(channel)
+        entry = _RemoteRun(channel, on_start=on_start)
         with self._lock:
             self._in_flight.add(entry)
         try:
             try:
                 channel.exec_command(wrapped)
                 out, err, exit_code, timed_out = self._pump(entry, stdin, timeout, started)
-            except (paramiko.SSHException, EOFError) as exc:
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if not self._transport_alive(channel):
+                    return self._lost(entry, command, started, f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, OSError):
+                    raise ExecutorError(
+                        f"connection to {self.target.endpoint} lost: {exc.strerror or exc}",
+                        host=self.target.name,
+                    ) from exc
                 raise ExecutorError(f"command failed on {self.target.endpoint}: {exc}", host=self.target.name) from exc
-            except OSError as exc:
-                raise ExecutorError(
-                    f"connection to {self.target.endpoint} lost: {exc.strerror or exc}",
-                    host=self.target.name,
-                ) from exc
+            if entry.lost:
+                return self._lost(entry, command, started, "the connection closed before the exit status arrived")
+            # The command is done: what it left running in its group must not outlive it.
+            self._end_leftovers(entry)
         finally:
             with self._lock:
                 self._in_flight.discard(entry)
@@ -375,9 +440,38 @@ class SshExecutor:
                 select.select([wake], [], [], wait)
         if timed_out or entry.cancelled or not channel.exit_status_ready():
             return out, err, None, timed_out
+        if channel.exit_status < 0 and not self._transport_alive(channel):
+            # paramiko marks a channel closed by a dead transport "exit status ready"
+            # with status -1: that is a dropped connection, not a command that died.
+            entry.lost = True
+            return out, err, None, timed_out
         status = channel.recv_exit_status()
         # -1: no exit-status message, i.e. the remote shell died of a signal.
         return out, err, None if status < 0 else status, timed_out
+
+    def _transport_alive(self, channel: paramiko.Channel) -> bool:
+        transport = channel.get_transport()
+        return transport is not None and transport.is_active()
+
+    def _lost(self, entry: _RemoteRun, command: str, started: float, why: str) -> CommandResult:
+        """The result of a command cut off by a dropped connection; its group is killed on reconnect."""
+        with entry.lock:
+            pgid = None if entry.killed else entry.pgid
+        if pgid is not None and pgid > 1:
+            with self._lock:
+                self._orphans.add(pgid)
+            fate = f"its remote process group {pgid} may still run and is killed on reconnect, before anything else"
+        else:
+            fate = "it may have started on the host, but its process group was not yet reported"
+        return CommandResult(
+            host=self.target.name,
+            command=command,
+            exit_code=None,
+            stdout="",
+            stderr=f"connection to {self.target.endpoint} lost during the command ({why}); {fate}",
+            duration=time.monotonic() - started,
+            connection_lost=True,
+        )
 
     def _learn_pgid(self, entry: _RemoteRun, line: bytes) -> None:
         """Record the reported process group; kill it now if a cancel came first."""
@@ -394,6 +488,33 @@ class SshExecutor:
             late_kill = entry.kill_requested_at is not None
         if late_kill:
             self._kill([entry])
+        elif entry.on_start is not None:
+            try:
+                entry.on_start(pgid)
+            except BaseException:
+                # Whoever asked could not record the command: it must not run unrecorded.
+                with entry.lock:
+                    entry.kill_requested_at = time.monotonic()
+                self._kill([entry])
+                raise
+
+    def _end_leftovers(self, entry: _RemoteRun) -> None:
+        """Kill what an exited command left in its remote process group; best effort."""
+        with entry.lock:
+            pgid = None if entry.killed or entry.pgid is None or entry.pgid <= 1 else entry.pgid
+            entry.killed = True
+        if pgid is None:
+            return
+        try:
+            channel = self._open_channel()
+            try:
+                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
+                channel.exec_command(_leftovers_script(pgid))
+                channel.recv_exit_status()
+            finally:
+                channel.close()
+        except (ExecutorError, paramiko.SSHException, OSError):
+            pass  # the connection is gone: the command itself completed, which is what it reports
 
     def _kill(self, entries: list[_RemoteRun]) -> None:
         """Kill the remote process groups (TERM, grace, KILL), then close their channels."""

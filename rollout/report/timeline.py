@@ -43,6 +43,10 @@ def describe_event(event: Event) -> str:
     if k == EventKind.STEP_INTENT:
         attempt = f" (attempt {d.get('attempt')})" if d.get("attempt", 1) != 1 else ""
         return f"{prefix}run{attempt}: {_short(d.get('command'))}"
+    if k == EventKind.PROCESS:
+        return f"{prefix}{d.get('role')} command started as process group {d.get('pgid')}"
+    if k == EventKind.PROCESSES_ENDED:
+        return f"{prefix}dead run's processes: {event.outcome}: {_short(d.get('summary'), 200)}"
     if k in (EventKind.STEP_RESULT, EventKind.ROLLBACK_RESULT):
         verb = "rollback" if k == EventKind.ROLLBACK_RESULT else "step"
         if event.outcome == "skipped":
