@@ -39,12 +39,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o600, *, sync_dir: bool = True) -> Path:
+def write_atomic(
+    path: Path | str, data: bytes | str, mode: int = 0o600, *, sync_dir: bool = True, durable: bool = True
+) -> Path:
     """Replace path with data (durably, atomically); on failure leave no temporary file.
 
     `sync_dir=False` skips the directory fsync: after a crash the name may still show the
     previous complete file (never a partial one). For a file rewritten very often whose
     older version is still true (the journal's head), that saves one fsync a write.
+    `durable=False` skips the file's fsync too: still atomic for every reader and across
+    a crash of this process (the kernel has the data), but a power loss may leave the
+    previous version or an empty file. Only for a file whose loss is detected and whose
+    final version is written durably (the journal's head while the run goes on).
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -55,7 +61,8 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o600, *, sync
         try:
             os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
             write_all(fd, payload)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -63,6 +70,6 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o600, *, sync
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         _fsync_dir(path.parent)
     return path

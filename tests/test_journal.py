@@ -24,6 +24,7 @@ from rollout.journal import (
     event_to_dict,
     final_run_end,
     genesis_hash,
+    read_head_file,
     read_journal,
     verify_journal,
 )
@@ -561,3 +562,28 @@ def test_reopen_of_an_empty_journal_expects_run_start(journal_path: Path) -> Non
         assert journal.head == genesis_hash(RUN_ID, DIGEST)
         journal.append(start_event(), sync=True)
     assert verify_journal(journal_path).ok
+
+
+def test_a_running_journal_keeps_its_head_file_at_the_last_synced_line(tmp_path: Path) -> None:
+    """While a run goes on (before close), the head file names the last fsynced line, so a
+    journal cut below it after a crash is caught; and the in-place head reads back whole."""
+    path = tmp_path / "journal.jsonl"
+    journal = Journal.create(path, run_id=RUN_ID, plan_digest=DIGEST)
+    try:
+        journal.append(start_event(), sync=True)
+        for i in range(5):
+            record = journal.append(Event("step.intent", host="h1", step=f"s{i}"), sync=True)
+            anchor = read_head_file(path)
+            assert anchor is not None
+            assert (anchor.seq, anchor.hash) == (record.seq, journal.head)
+            assert not anchor.final
+        journal.append(Event("step.result", host="h1", step="s4"))  # not synced: the head stays
+        assert read_head_file(path).seq == record.seq  # type: ignore[union-attr]
+        # the process dies here (no close): someone cuts the last two synced lines
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(b"".join(lines[:-3]))
+        result = verify_journal(path, anchors=(read_head_file(path),))  # type: ignore[arg-type]
+        assert not result.ok
+        assert "head file" in (result.anchor or "")
+    finally:
+        journal.close()
