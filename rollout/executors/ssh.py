@@ -503,18 +503,23 @@ class SshExecutor:
         with entry.lock:
             pgid = None if entry.killed or entry.pgid is None or entry.pgid <= 1 else entry.pgid
             entry.killed = True
-        if pgid is None:
-            return
+        if pgid is not None:
+            # if the connection is gone, the command itself completed, which is what it reports
+            self._control(_leftovers_script(pgid))
+
+    def _control(self, script: str) -> bool:
+        """Run a kill script on a channel of its own and wait for it; False if the connection is gone."""
         try:
             channel = self._open_channel()
             try:
                 channel.settimeout(KILL_GRACE + self.target.connect_timeout)
-                channel.exec_command(_leftovers_script(pgid))
+                channel.exec_command(script)
                 channel.recv_exit_status()
             finally:
                 channel.close()
         except (ExecutorError, paramiko.SSHException, OSError):
-            pass  # the connection is gone: the command itself completed, which is what it reports
+            return False
+        return True
 
     def _kill(self, entries: list[_RemoteRun]) -> None:
         """Kill the remote process groups (TERM, grace, KILL), then close their channels."""
@@ -525,18 +530,9 @@ class SshExecutor:
                     entry.killed = True
                     pgids.append(entry.pgid)
         if pgids:
-            try:
-                channel = self._open_channel()
-                try:
-                    channel.settimeout(KILL_GRACE + self.target.connect_timeout)
-                    channel.exec_command(_kill_script(pgids))
-                    channel.recv_exit_status()
-                finally:
-                    channel.close()
-            except (ExecutorError, paramiko.SSHException, OSError):
-                # The connection is gone; so is any way to reach those processes. The
-                # result still says timed_out/cancelled, which is what the caller acts on.
-                pass
+            # If the connection is gone, so is any way to reach those processes. The result
+            # still says timed_out/cancelled, which is what the caller acts on.
+            self._control(_kill_script(pgids))
         for entry in entries:
             if entry.killed:
                 entry.channel.close()
