@@ -7,6 +7,7 @@ within-budget failure, a journal failure during the rollback.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -301,3 +302,52 @@ def test_an_unexpected_exception_in_a_command_exits_5_with_the_traceback(
     assert result.code == ExitStatus.JOURNAL, "an internal error never exits 1 (rolled back cleanly)"
     assert "internal error: ValueError: a bug" in result.err
     assert "Traceback" in result.err
+
+
+def test_the_cli_says_what_a_journal_failure_left_and_keeps_a_side_record(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run whose disk fills up after the second step's intent: exit 5, the steps that ran
+    are rolled back, the summary says so (never "no further changes were made"), and the side
+    record holds what the journal could not."""
+    from rollout.cli import run_cmds
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"""
+name: journal-full
+environments:
+  lab:
+    rehearsal: true
+    hosts: {{ h1: {{}} }}
+steps:
+  - {{name: one, run: touch {tmp_path}/one, rollback: rm -f {tmp_path}/one}}
+  - {{name: two, run: touch {tmp_path}/two, rollback: rm -f {tmp_path}/two}}
+  - {{name: three, run: touch {tmp_path}/three, rollback: rm -f {tmp_path}/three}}
+"""
+    )
+    real_emit = run_cmds.JournalSink.emit
+    intents: list[str] = []
+
+    def filling_disk(self: run_cmds.JournalSink, event: Event, *, sync: bool) -> None:
+        if event.kind == EventKind.STEP_INTENT:
+            intents.append(str(event.step))
+        if len(intents) > 2:  # the third step's intent finds the disk full
+            raise JournalError("cannot write the journal: No space left on device")
+        real_emit(self, event, sync=sync)
+
+    monkeypatch.setattr(run_cmds.JournalSink, "emit", filling_disk)
+    state = tmp_path / "state"
+    result = cli("run", str(plan), "--env", "lab", "--state-dir", str(state))
+    assert result.code == ExitStatus.JOURNAL, result.out + result.err
+    assert not (tmp_path / "one").exists()
+    assert not (tmp_path / "two").exists()
+    assert not (tmp_path / "three").exists(), "no step started after the journal failed"
+    assert "no further changes were made" not in result.out
+    assert "undone (newest first per host): h1/two, h1/one" in result.out
+    assert "No space left on device" in result.out
+    (run_dir,) = (state / "runs").iterdir()
+    side = [json.loads(line) for line in (run_dir / "journal.fallback.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in side][-1] == "run.end"
+    assert [(e["step"], e["outcome"]) for e in side if e["kind"] == "rollback.result"] == [("two", "ok"), ("one", "ok")]
+    assert "journal-fallback:" in result.err

@@ -87,6 +87,7 @@ class FallbackSink:
 
     def emit(self, event: Event, *, sync: bool) -> None:
         """Append the event as a JSON line to the side file and say it on stderr."""
+        from rollout.atomic import write_all
         from rollout.journal import event_to_dict
 
         line = json.dumps({"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **event_to_dict(event)})
@@ -97,7 +98,7 @@ class FallbackSink:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, line.encode() + b"\n")
+                write_all(fd, line.encode() + b"\n")
                 if sync:
                     os.fsync(fd)
             finally:
