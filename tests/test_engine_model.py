@@ -135,8 +135,6 @@ class ModelExecutor:
         on_start: OnStart | None = None,
     ) -> CommandResult:
         host, sc = self.target.name, self.truth.scenario
-        if on_start is not None and command != "probe":
-            on_start(4242)  # the process group a real executor would report
         with self.truth.lock:
             applied = self.truth.applied.setdefault(host, [])
             if command == "probe":
@@ -155,6 +153,11 @@ class ModelExecutor:
                 name = command[5:]
                 if name in applied:
                     applied.remove(name)
+        if on_start is not None:
+            # A real executor reports the process group once the command runs; when that
+            # report fails (the journal is full) it kills the command, which may already have
+            # done its work: the model takes the worst case, the work is done.
+            on_start(4242)
         if raising:  # rollout's own bug, after the command did what it did
             raise RuntimeError(f"bug after running {command} on {host}")
         return CommandResult(host, command, 0 if ok else 1, "", "" if ok else "boom", 0.0)
@@ -225,7 +228,14 @@ def _write_plan(directory: Path, sc: Scenario) -> Path:
     return plan
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `make test` runs a fixed set of examples (a CI run must not hinge on a lucky draw);
+# ROLLOUT_MODEL_EXAMPLES (as `make fuzz` sets it) draws fresh ones.
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize="ROLLOUT_MODEL_EXAMPLES" not in os.environ,
+)
 @given(scenarios())
 def test_every_run_ends_with_an_outcome_that_tells_the_truth(sc: Scenario) -> None:
     with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
