@@ -351,3 +351,20 @@ steps:
     assert [e["kind"] for e in side][-1] == "run.end"
     assert [(e["step"], e["outcome"]) for e in side if e["kind"] == "rollback.result"] == [("two", "ok"), ("one", "ok")]
     assert "journal-fallback:" in result.err
+
+
+def test_a_success_the_journal_cannot_record_is_not_a_success(tmp_path: Path) -> None:
+    """The journal refuses the run.end(succeeded) line: without it a later recover would undo
+    the change anyway, so the run rolls back now, and no sink ever hears "succeeded"."""
+    fleet = Fleet()
+    journal = FailingAfter(EventKind.RUN_END)
+    side, display = ListSink(), ListSink()
+    engine, _ = _engine(tmp_path, THREE_STEPS, fleet, hosts=1, bus=Bus(journal, [display], fallback=side))
+    result = engine.run()
+    assert result.outcome == Outcome.JOURNAL_FAILED
+    assert result.exit_status == ExitStatus.JOURNAL
+    assert _applied(fleet) == {}
+    assert [e.outcome for e in display.events if e.kind == EventKind.RUN_END] == [Outcome.JOURNAL_FAILED]
+    refused = side.events[0]
+    assert (refused.kind, refused.outcome) == (EventKind.RUN_END, Outcome.SUCCEEDED)
+    assert "No space left" in refused.data["not_journaled"]

@@ -197,9 +197,24 @@ class Bus:
                     self._journal.emit(event, sync=sync)
                 except JournalError as exc:
                     self.journal_error = failed = exc
-            sinks = list(self._sinks)
-            if self.journal_error is not None and self._fallback is not None:
-                sinks.insert(0, self._fallback)
+            if failed is not None:
+                # The event the journal refused did not become evidence, and the engine acts
+                # on the refusal (an intent that is refused never runs; a refused success
+                # verdict is not a success): only the side record keeps it, marked as such.
+                refused = Event(
+                    event.kind,
+                    event.wave,
+                    event.host,
+                    event.step,
+                    event.outcome,
+                    {**event.data, "not_journaled": str(failed)},
+                )
+                sinks = [self._fallback] if self._fallback is not None else []
+                event = refused
+            else:
+                sinks = list(self._sinks)
+                if self.journal_error is not None and self._fallback is not None:
+                    sinks.insert(0, self._fallback)
             for sink in sinks:
                 try:
                     sink.emit(event, sync=sync)
