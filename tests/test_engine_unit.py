@@ -15,8 +15,8 @@ from rollout.engine.prepare import compute_waves, prepare_schedule
 from rollout.errors import ConnectError, ExitStatus
 from rollout.event import EventKind, Outcome
 from rollout.executors.base import CommandResult, Executor, OnStart, Target
-from rollout.model import Percent
 from rollout.planfile import load_plan
+from rollout.units import Percent
 
 
 class FakeHost:

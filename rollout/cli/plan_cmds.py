@@ -153,7 +153,7 @@ def describe_check(check: Check) -> str:
 
 def schedule_as_dict(schedule: Schedule) -> dict[str, Any]:
     """The schedule as data (for --json and for the run directory)."""
-    from rollout.model import format_duration
+    from rollout.units import format_duration
 
     plan = schedule.loaded.plan
     strategy = plan.strategy

@@ -108,7 +108,7 @@ class FallbackSink:
 
 
 def _duration_option(value: str, name: str) -> float:
-    from rollout.model import parse_duration
+    from rollout.units import parse_duration
 
     try:
         return parse_duration(value)
@@ -623,7 +623,7 @@ def runs(
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """History of runs: id, plan, environment, start, duration, outcome."""
-    from rollout.model import format_duration
+    from rollout.units import format_duration
 
     entries = [_run_summary(r) for r in list_runs(state_dir(state_dir_opt))]
     if as_json:

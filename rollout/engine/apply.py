@@ -47,7 +47,8 @@ from rollout.errors import ConnectError, ExecutorError, ExitStatus, JournalError
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors import open_executor
 from rollout.executors.base import CommandResult, Executor, OnStart, Target
-from rollout.model import Guard, Step, format_duration
+from rollout.model import Guard, Step
+from rollout.units import format_duration
 
 OUTPUT_EXCERPT = 2000
 SSH_CHECK = "ssh connection"

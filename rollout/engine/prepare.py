@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from rollout.errors import PlanError, UsageError
 from rollout.executors.base import Target
-from rollout.model import Check, Guard, Host, Notify, Percent, Step
+from rollout.model import Check, Guard, Host, Notify, Step
 from rollout.planfile import LoadedPlan, Variables, check_overrides, host_variables, render_model
 from rollout.template import RenderBudget
+from rollout.units import Percent
 
 
 @dataclass(frozen=True)

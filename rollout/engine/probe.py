@@ -23,7 +23,8 @@ from rollout.checks import (
 )
 from rollout.errors import ExecutorError, MetadataError, RolloutError
 from rollout.executors.base import Executor
-from rollout.model import Check, DocumentSource, MetadataCheck, Percent
+from rollout.model import Check, DocumentSource, MetadataCheck
+from rollout.units import Percent
 
 if TYPE_CHECKING:
     from rollout.checks.http import HttpProber
