@@ -31,8 +31,9 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` durable (never through a symlink)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -71,5 +72,5 @@ def write_atomic(
             os.unlink(tmp)
         raise
     if sync_dir and durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path

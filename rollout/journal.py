@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from rollout.atomic import write_all, write_atomic
+from rollout.atomic import fsync_dir, write_all, write_atomic
 from rollout.errors import JournalCorrupt, JournalError, Refused
 from rollout.event import Event
 
@@ -525,7 +525,7 @@ def _set_aside_torn(path: Path, raw: bytes, offset: int) -> None:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, offset)
@@ -618,14 +618,6 @@ def verify_journal(
 # --- writing -------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """An open journal that appends events to the chain; build it with create() or reopen()."""
 
@@ -689,10 +681,10 @@ class Journal:
             raise JournalError(f"cannot create journal {path}: {exc}") from exc
         try:
             os.fchmod(fd, 0o600)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             for directory in new_dirs:
                 if directory.parent.exists():
-                    _fsync_dir(directory.parent)
+                    fsync_dir(directory.parent)
         except OSError as exc:
             os.close(fd)
             raise JournalError(f"cannot make journal {path} durable: {exc}") from exc

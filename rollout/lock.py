@@ -45,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from rollout.atomic import fsync_dir
 from rollout.errors import JournalError, LockHeld, Refused, UsageError
 from rollout.statedir import ensure_private_dir
 
@@ -235,14 +236,6 @@ def _same_file(fd: int, path: Path) -> bool:
     return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class EnvironmentLock:
     """One run of a plan per environment: an OFD lock on LOCKDIR/PLAN@ENV.lock naming its holder.
 
@@ -380,7 +373,7 @@ class EnvironmentLock:
             finally:
                 os.close(fd)
             os.rename(tmp, self.record_path)
-            _fsync_dir(self.lock_dir)
+            fsync_dir(self.lock_dir)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -394,7 +387,7 @@ class EnvironmentLock:
             return
         try:
             os.unlink(self.record_path)
-            _fsync_dir(self.lock_dir)
+            fsync_dir(self.lock_dir)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -457,7 +450,7 @@ def force_unlock(lock_dir: Path | str, plan: str, env: str, lock_id: str) -> Loc
     aside = path.with_name(f"{path.name}.forced-{holder.lock_id}")
     try:
         os.rename(path, aside)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise JournalError(f"cannot force lock {path}: {exc.strerror or exc}") from exc
     return holder

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollout.atomic import write_atomic
+from rollout.atomic import fsync_dir, write_atomic
 from rollout.errors import JournalError, UsageError
 from rollout.statedir import check_private_dir, ensure_private_dir
 
@@ -33,14 +33,6 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     """An id that sorts by start time: 20261123T223012Z-3f9a2c."""
     now = now or dt.datetime.now(dt.UTC)
     return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(3)}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -99,9 +91,9 @@ def create_run_dir(
             write_atomic(target, data)
         write_atomic(path / "plan.sha256", f"{digest}\n".encode())
         write_atomic(path / META, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
-        _fsync_dir(path)
+        fsync_dir(path)
         os.rename(path, final)
-        _fsync_dir(runs)
+        fsync_dir(runs)
     except OSError as exc:
         shutil.rmtree(path, ignore_errors=True)  # never a complete run: only our own partial copy
         raise JournalError(f"cannot create the run directory under {runs}: {exc.strerror or exc}") from exc

@@ -28,12 +28,13 @@ from rollout.engine.processes import (
     scan_script,
     select_processes,
 )
-from rollout.errors import ExitStatus, JournalError
+from rollout.errors import ExitStatus
 from rollout.event import Event, EventKind
 from rollout.executors import Target, open_executor
 from rollout.planfile import load_plan
 from tests.conftest_sshd import SshdServer
 from tests.helpers import events, pid_alive, rollout, run_args, run_id_of, start_rollout, wait_for_event, write_plan
+from tests.test_engine_journal_failure import FailingJournal
 
 HOSTS = ("h1", "h2", "h3", "h4")
 # The slow step waits for this file instead of a fixed time, so that however loaded the
@@ -303,19 +304,6 @@ def test_a_dropped_ssh_connection_is_journaled_and_its_command_killed_before_the
             os.killpg(cmd_pid, signal.SIGKILL)
 
 
-class _JournalFullAfter:
-    """A journal sink that fails once it holds `ok_events` events."""
-
-    def __init__(self, ok_events: int) -> None:
-        self.ok_events = ok_events
-        self.events: list[Event] = []
-
-    def emit(self, event: Event, *, sync: bool) -> None:
-        if len(self.events) >= self.ok_events:
-            raise JournalError("cannot write the journal: No space left on device")
-        self.events.append(event)
-
-
 def test_a_command_whose_process_group_cannot_be_journaled_is_killed(tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text(
@@ -325,7 +313,7 @@ def test_a_command_whose_process_group_cannot_be_journaled_is_killed(tmp_path: P
         f"  - {{name: one, run: 'echo $$ > {tmp_path}/pid; sleep 2; touch {tmp_path}/one', rollback: 'true'}}\n"
     )
     schedule = prepare_schedule(load_plan(plan), "lab", run_id="unrecorded")
-    journal = _JournalFullAfter(ok_events=4)  # run.start, prechecks.passed, wave.start, intent(one)
+    journal = FailingJournal(ok_events=4)  # run.start, prechecks.passed, wave.start, intent(one)
     result = Engine(schedule, Bus(journal)).run()
     assert result.exit_status == ExitStatus.JOURNAL
     assert [e.kind for e in journal.events][-1] == EventKind.STEP_INTENT

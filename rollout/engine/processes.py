@@ -288,7 +288,7 @@ def _journal(engine: Engine, report: _MachineReport, doubt: Mapping[str, InDoubt
     else:
         outcome = "none"
         summary = f"nothing of the dead run is running on {where}"
-    engine._emit(
+    engine.emit(
         Event(
             EventKind.PROCESSES_ENDED,
             host=report.hosts[0] if len(report.hosts) == 1 else None,

@@ -80,9 +80,9 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     schedule = engine.schedule
     if not any(e.kind == EventKind.RUN_START for e in events):
         # killed at or before its first line: begin the journal the run never began
-        engine._emit(Event(EventKind.RUN_START, data=engine._run_start_data()), sync=True)
+        engine.emit(Event(EventKind.RUN_START, data=engine._run_start_data()), sync=True)
     state = state_from_events(events, schedule)
-    engine._emit(
+    engine.emit(
         Event(
             EventKind.RECOVER_START,
             data={
@@ -118,7 +118,7 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
                     failed = next(v for v in verdicts if not v.ok)
                     summary = f"started but never finished; verify fails ({failed.summary}): it may be partly applied"
                     outcome = "partly_applied"
-            engine._emit(
+            engine.emit(
                 Event(
                     EventKind.IN_DOUBT,
                     wave=item.wave,
