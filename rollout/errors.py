@@ -13,6 +13,7 @@
         └── JournalCorrupt   a line was edited, removed, reordered or truncated
 
 Third-party exceptions are translated into these in the one module that uses the library.
+The exit code of each is decided in one place, `rollout.exits.exit_status_for`.
 """
 
 from __future__ import annotations
@@ -35,13 +36,9 @@ class ExitStatus(IntEnum):
 class RolloutError(Exception):
     """Base of every error rollout raises on purpose."""
 
-    exit_status: ExitStatus = ExitStatus.JOURNAL
-
 
 class PlanError(RolloutError):
     """A plan is invalid; the message names file:line:column and the key path."""
-
-    exit_status = ExitStatus.USAGE
 
     def __init__(
         self,
@@ -82,13 +79,9 @@ class TemplateError(PlanError):
 class UsageError(RolloutError):
     """Bad arguments or unreadable input; nothing ran."""
 
-    exit_status = ExitStatus.USAGE
-
 
 class Refused(RolloutError):
     """Refused before any change."""
-
-    exit_status = ExitStatus.REFUSED
 
 
 class LockHeld(Refused):
@@ -97,8 +90,6 @@ class LockHeld(Refused):
 
 class ExecutorError(RolloutError):
     """A target could not be reached, or a command could not be started there."""
-
-    exit_status = ExitStatus.REFUSED
 
     def __init__(self, message: str, *, host: str | None = None) -> None:
         self.host = host
@@ -112,13 +103,9 @@ class ConnectError(ExecutorError):
 class MetadataError(RolloutError):
     """A metadata document, schema or key path cannot be read or parsed."""
 
-    exit_status = ExitStatus.USAGE
-
 
 class JournalError(RolloutError):
     """The journal cannot be written, read or trusted: evidence may be incomplete."""
-
-    exit_status = ExitStatus.JOURNAL
 
 
 class JournalCorrupt(JournalError):

@@ -297,7 +297,7 @@ def test_an_unexpected_exception_in_a_command_exits_5_with_the_traceback(
         raise ValueError("a bug")
 
     monkeypatch.setattr(rollout.runstore, "list_runs", broken)
-    monkeypatch.setattr("rollout.cli.run_cmds.list_runs", broken)
+    monkeypatch.setattr("rollout.api.history.list_runs", broken)
     result = cli("runs")
     assert result.code == ExitStatus.JOURNAL, "an internal error never exits 1 (rolled back cleanly)"
     assert "internal error: ValueError: a bug" in result.err
@@ -310,7 +310,7 @@ def test_the_cli_says_what_a_journal_failure_left_and_keeps_a_side_record(
     """A real run whose disk fills up after the second step's intent: exit 5, the steps that ran
     are rolled back, the summary says so (never "no further changes were made"), and the side
     record holds what the journal could not."""
-    from rollout.cli import run_cmds
+    from rollout.api import sinks as run_cmds
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(

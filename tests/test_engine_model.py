@@ -32,7 +32,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollout.cli.run_cmds import JournalSink
+from rollout.api.sinks import JournalSink
 from rollout.engine.apply import EXIT_FOR_OUTCOME, Engine
 from rollout.engine.events import Bus, ListSink
 from rollout.engine.guards import GREEN

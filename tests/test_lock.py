@@ -42,12 +42,13 @@ print("released", flush=True)
 CONTENDER_SCRIPT = """
 import sys
 from rollout.errors import LockHeld
+from rollout.exits import exit_status_for
 from rollout.lock import EnvironmentLock, LockHolder
 try:
     EnvironmentLock(sys.argv[1], "plan", "prod").acquire(LockHolder.current("run-2"))
 except LockHeld as exc:
     print(exc)
-    sys.exit(int(exc.exit_status))
+    sys.exit(int(exit_status_for(exc)))
 """
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.cli.run_cmds import freeze_window_now
+from rollout.engine.freeze import freeze_window_now
 from rollout.model import FreezeWindow
 
 ROLLOUT = [sys.executable, "-m", "rollout"]

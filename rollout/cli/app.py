@@ -1,8 +1,7 @@
-"""The typer app, global options, the terminal environment and the exit-code mapping."""
+"""The typer app, global options and the terminal; exit codes come from `rollout.exits`."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -12,6 +11,7 @@ from rich.console import Console
 
 from rollout import __version__
 from rollout.errors import ExitStatus, PlanError, RolloutError
+from rollout.exits import exit_status_for
 
 HELP = """rollout: upgrade-safety rollout orchestrator.
 
@@ -62,26 +62,6 @@ class Terminal:
 terminal = Terminal.create()
 
 
-def state_dir(option: Path | None = None) -> Path:
-    """Where runs and locks live: --state-dir, $ROLLOUT_STATE_DIR, or ./.rollout."""
-    if option is not None:
-        return option
-    env = os.environ.get("ROLLOUT_STATE_DIR")
-    return Path(env) if env else Path(".rollout")
-
-
-def lock_dir(option: Path | None = None) -> Path:
-    """Where environment locks live: --lock-dir, $ROLLOUT_LOCK_DIR, or the user's XDG state directory."""
-    if option is not None:
-        return option
-    env = os.environ.get("ROLLOUT_LOCK_DIR")
-    if env:
-        return Path(env)
-    from rollout.lock import default_lock_dir
-
-    return default_lock_dir()
-
-
 LockDirOption = Annotated[
     Path | None,
     typer.Option(
@@ -122,7 +102,7 @@ def fail(exc: RolloutError) -> NoReturn:
     """Report a rollout error on stderr and exit with its status."""
     text = exc.render() if isinstance(exc, PlanError) else str(exc)
     terminal.error(text)
-    raise typer.Exit(int(exc.exit_status))
+    raise typer.Exit(int(exit_status_for(exc)))
 
 
 def _version(value: bool) -> None:
@@ -139,15 +119,6 @@ def main(
     ] = False,
 ) -> None:
     """rollout: upgrade-safety rollout orchestrator."""
-
-
-def exit_status_for(exc: BaseException) -> ExitStatus:
-    """The one place where exceptions become exit codes."""
-    if isinstance(exc, RolloutError):
-        return exc.exit_status
-    if isinstance(exc, KeyboardInterrupt):
-        return ExitStatus.INTERRUPTED
-    return ExitStatus.JOURNAL
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -1,3 +1,11 @@
 """Imports every command module so that each registers on the app."""
 
-from rollout.cli import demo_cmd, metadata_cmds, plan_cmds, report_cmds, run_cmds  # noqa: F401
+from rollout.cli import (  # noqa: F401
+    demo_cmd,
+    history_cmds,
+    lock_cmds,
+    metadata_cmds,
+    plan_cmds,
+    report_cmds,
+    run_cmds,
+)

@@ -23,10 +23,9 @@ from typing import Annotated
 
 import typer
 
-from rollout.cli.app import StateDirOption, app, fail, lock_dir, state_dir, terminal
+from rollout.cli.app import StateDirOption, app, fail, terminal
 from rollout.errors import ExitStatus, RolloutError, UsageError
-from rollout.journal import read_journal
-from rollout.runstore import list_runs
+from rollout.exits import exit_status_for
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "plans" / "order-gateway-metadata.yaml"
@@ -79,9 +78,11 @@ def _load_fleet_module() -> ModuleType:
     return module
 
 
-def _impact(journal: Path) -> tuple[float | None, float | None]:
+def _impact(run_id: str, state: Path) -> tuple[float | None, float | None]:
     """(impact window, detection time) in seconds, from the journal's guard events."""
-    records = read_journal(journal).records
+    from rollout import api
+
+    records = list(api.timeline(run_id, state_dir=state))
     first_fail = next((r for r in records if r.kind == "guard.state" and r.outcome == "failing"), None)
     tripped = next((r for r in records if r.kind == "guard.state" and r.outcome == "tripped"), None)
     green = next((r for r in records if r.kind == "recovery.guards" and r.outcome == "green"), None)
@@ -92,6 +93,30 @@ def _impact(journal: Path) -> tuple[float | None, float | None]:
     return window, detect
 
 
+def _play(act: Act, root: Path, state: Path) -> tuple[int, str | None]:
+    """Push one release through the plan, as `rollout run` would; (exit code, run id once the run began)."""
+    from rollout import api
+    from rollout.cli.run_cmds import display_for, finish
+
+    overrides = {"release": act.release, "root": str(root)}
+    try:
+        prepared = api.prepare(PLAN, "demo", overrides=overrides)
+        display = display_for(prepared)
+        outcome = api.run(
+            prepared,
+            sinks=[display],
+            state_dir=state,
+            lock_timeout=30.0,
+            grace=5.0,
+            on_interrupt=display.note,
+            warn=terminal.error,
+        )
+    except RolloutError as exc:
+        terminal.error(str(exc))
+        return int(exit_status_for(exc)), None
+    return finish(outcome), outcome.run.run_id
+
+
 @app.command(epilog="Example:\n\n  rollout demo\n\n  rollout demo --keep   (leave the toy exchange running afterwards)")
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the toy exchange running afterwards.")] = False,
@@ -99,15 +124,12 @@ def demo(
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """Replay the incident on a local toy exchange: refused, rolled back in seconds, then done right."""
-    from rollout.cli.run_cmds import execute
-    from rollout.engine.prepare import prepare_schedule
-    from rollout.planfile import load_plan
-    from rollout.runstore import new_run_id
+    from rollout import api
 
-    state = state_dir(state_dir_opt)
+    state = api.state_dir(state_dir_opt)
     try:
         fleet = _load_fleet_module()
-        loaded = load_plan(PLAN)
+        loaded = api.load(PLAN)
     except RolloutError as exc:
         fail(exc)
     root = root.resolve()
@@ -122,7 +144,7 @@ def demo(
     say(
         f"  here: {len(ports)} order gateways on 127.0.0.1 ports {ports[0]}-{ports[-1]}, serving metadata v1; plan {PLAN.relative_to(REPO)}"
     )
-    results: list[tuple[Act, int, Path | None]] = []
+    results: list[tuple[Act, int, str | None]] = []
     try:
         try:
             fleet.start_fleet(root, len(ports), base_port=ports[0])
@@ -132,29 +154,19 @@ def demo(
             say("")
             say(f"=== act {number}: {act.title} (release {act.release})")
             say(f"    {act.story}")
-            overrides = {"release": act.release, "root": str(root)}
-            try:
-                schedule = prepare_schedule(loaded, "demo", overrides=overrides, run_id=new_run_id())
-                code = execute(
-                    loaded, schedule, state=state, locks=lock_dir(), lock_timeout=30.0, grace=5.0, overrides=overrides
-                )
-            except RolloutError as exc:
-                terminal.error(str(exc))
-                code = int(exc.exit_status)
-            run = next((r for r in reversed(list_runs(state)) if r.run_id == schedule.run_id), None)
-            results.append((act, code, run.journal if run else None))
+            results.append((act, *_play(act, root, state)))
     finally:
         if not keep:
             fleet.stop_fleet(root)
     say("")
     say("=== what happened")
     all_expected = True
-    for number, (act, code, journal) in enumerate(results, 1):
+    for number, (act, code, run_id) in enumerate(results, 1):
         expected = code == act.expected
         all_expected &= expected
         line = f"  act {number}: release {act.release:<18} exit {code} ({'as expected' if expected else f'EXPECTED {int(act.expected)}'})"
-        if journal is not None and act.expected == ExitStatus.ROLLED_BACK:
-            window, detect = _impact(journal)
+        if run_id is not None and act.expected == ExitStatus.ROLLED_BACK:
+            window, detect = _impact(run_id, state)
             if window is not None:
                 line += f"; customer impact {window:.2f} s vs {ORIGINAL_IMPACT_S} s in the original"
             if detect is not None:
@@ -165,4 +177,5 @@ def demo(
     if keep:
         say(f"  the toy exchange is still running: python {FLEET.relative_to(REPO)} stop --root {root}")
     say(f"  finished {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC")
-    raise typer.Exit(0 if all_expected else 1)
+    # a story that did not go as told is rollout misbehaving, not a rollback
+    raise typer.Exit(int(ExitStatus.SUCCESS if all_expected else ExitStatus.JOURNAL))

@@ -6,16 +6,18 @@ import datetime as dt
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from rollout.engine.prepare import Schedule
 from rollout.event import Event, EventKind
-from rollout.report.timeline import describe_event
+
+if TYPE_CHECKING:
+    from rollout.api import Schedule
+from rollout.api import describe_event
 
 
 def utc_now_ms() -> str:
@@ -80,60 +82,84 @@ class LiveDisplay:
         # Reentrant: note() is called from a signal handler on the thread that may be printing.
         self._lock = threading.RLock()
         # Live re-renders this object on every refresh, so the elapsed time keeps ticking.
+        # Started on the first event, so a run refused before it began (lock held) leaves no view behind.
         self._live = Live(self, console=console, refresh_per_second=8, transient=False)
-        self._live.start()
+        self._live_started = False
 
     def emit(self, event: Event, *, sync: bool) -> None:
         """Fold the event into the view."""
         with self._lock:
             self._fold(event)
             self.recent.append(f"{utc_now_ms()}  {describe_event(event)}")
-        self._live.refresh()
+        self._refresh()
 
     def note(self, text: str) -> None:
         """A message from the CLI itself."""
         with self._lock:
             self.recent.append(f"{utc_now_ms()}  {text}")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if not self._live_started:
+                self._live_started = True
+                self.started = time.monotonic()
+                self._live.start()
         self._live.refresh()
 
     def _fold(self, e: Event) -> None:
-        k = e.kind
         key = (e.host or "", e.step or "")
+        self._fold_phase(e)
+        self._fold_cell(e, key)
+        if e.kind == EventKind.GUARD_STATE and e.host:
+            self.guard[e.host] = str(e.outcome)
+        elif e.kind == EventKind.GUARDS_START:
+            self.guard = dict.fromkeys(self.guard, "green")
+        if self.cells.get(key) == "verifying" and self._verified(e, key):
+            self.cells[key] = "ok"
+
+    def _fold_phase(self, e: Event) -> None:
+        """The run's phase and status line."""
+        k = e.kind
         if k == EventKind.WAVE_START:
             self.phase = f"wave {e.wave}"
         elif k == EventKind.BAKE_START:
             self.phase = f"baking wave {e.wave}"
-        elif k == EventKind.STEP_INTENT:
-            self.cells[key] = "running"
-        elif k == EventKind.STEP_RESULT:
-            self.cells[key] = "verifying" if e.outcome == "ok" else str(e.outcome)
-        elif k == EventKind.VERIFY and e.outcome != "ok":
-            self.cells[key] = "failed"
         elif k == EventKind.ABORT:
             self.phase = "ABORTING"
             self.status = str(e.data.get("cause", {}).get("summary", ""))
         elif k == EventKind.ROLLBACK_START:
             self.phase = "ROLLING BACK"
         elif k == EventKind.ROLLBACK_INTENT:
-            self.cells[key] = "rolling_back"
             self.status = f"rolling back {e.step} on {e.host}"
-        elif k == EventKind.ROLLBACK_RESULT:
-            self.cells[key] = (
-                "rolled_back" if e.outcome == "ok" else ("skipped" if e.outcome == "skipped" else "rollback_failed")
-            )
-        elif k == EventKind.GUARD_STATE and e.host:
-            self.guard[e.host] = str(e.outcome)
-        elif k == EventKind.GUARDS_START:
-            self.guard = dict.fromkeys(self.guard, "green")
         elif k == EventKind.ROLLBACK_END:
             self.status = ""
         elif k == EventKind.RUN_END:
             self.phase = f"ended: {e.outcome}"
-        if self.cells.get(key) == "verifying" and (
-            (k == EventKind.STEP_RESULT and not self._verify_labels(key))
-            or (k == EventKind.VERIFY and e.outcome == "ok" and self._verify_labels(key)[-1:] == [e.data.get("check")])
-        ):
-            self.cells[key] = "ok"
+
+    def _fold_cell(self, e: Event, key: tuple[str, str]) -> None:
+        """The state of one step on one host."""
+        k = e.kind
+        if k == EventKind.STEP_INTENT:
+            self.cells[key] = "running"
+        elif k == EventKind.STEP_RESULT:
+            self.cells[key] = "verifying" if e.outcome == "ok" else str(e.outcome)
+        elif k == EventKind.VERIFY and e.outcome != "ok":
+            self.cells[key] = "failed"
+        elif k == EventKind.ROLLBACK_INTENT:
+            self.cells[key] = "rolling_back"
+        elif k == EventKind.ROLLBACK_RESULT:
+            self.cells[key] = (
+                "rolled_back" if e.outcome == "ok" else ("skipped" if e.outcome == "skipped" else "rollback_failed")
+            )
+
+    def _verified(self, e: Event, key: tuple[str, str]) -> bool:
+        """A step that succeeded is ok once it has no verifications, or once its last one passed."""
+        if e.kind == EventKind.STEP_RESULT:
+            return not self._verify_labels(key)
+        return (
+            e.kind == EventKind.VERIFY and e.outcome == "ok" and self._verify_labels(key)[-1:] == [e.data.get("check")]
+        )
 
     def _verify_labels(self, cell: tuple[str, str]) -> list[str]:
         """The labels of a step's verifications on a host, in order."""
@@ -176,4 +202,6 @@ class LiveDisplay:
 
     def close(self) -> None:
         """Leave the final view on screen."""
-        self._live.stop()
+        with self._lock:
+            if self._live_started:
+                self._live.stop()

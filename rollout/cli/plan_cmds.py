@@ -17,14 +17,7 @@ from rollout.cli.junit import Case, write_junit
 from rollout.errors import ExitStatus, PlanError, RolloutError
 
 if TYPE_CHECKING:
-    from rollout.engine.prepare import Schedule
-    from rollout.model import Check
-
-
-def _problems(exc: PlanError) -> list[PlanError]:
-    from rollout.planfile import PlanInvalid
-
-    return list(exc.problems) if isinstance(exc, PlanInvalid) else [exc]
+    from rollout.api import PlanCheck
 
 
 def _as_dict(exc: PlanError) -> dict[str, Any]:
@@ -35,6 +28,40 @@ def _as_dict(exc: PlanError) -> dict[str, Any]:
         "path": exc.path,
         "message": exc.message,
     }
+
+
+def _validation_entry(checked: PlanCheck) -> dict[str, Any]:
+    """One plan's verdict as data (for --json and the text listing)."""
+    entry: dict[str, Any] = {
+        "file": str(checked.file),
+        "valid": checked.valid,
+        "errors": [_as_dict(p) for p in checked.problems],
+    }
+    loaded = checked.loaded
+    if loaded is not None:
+        entry.update(
+            name=loaded.plan.name,
+            digest=loaded.digest,
+            environments=list(loaded.plan.environments),
+            steps=len(loaded.plan.steps),
+        )
+    return entry
+
+
+def _validation_cases(checked: PlanCheck) -> list[Case]:
+    """JUnit cases: loading, then one per environment (and the templates, for a problem tied to none)."""
+    name = str(checked.file)
+    if checked.loaded is None:
+        assert checked.load_error is not None
+        return [Case(name="load", classname=name, failure=checked.load_error.render())]
+    cases = []
+    for env_name in checked.loaded.plan.environments:
+        bad = checked.problem_in(env_name)
+        cases.append(Case(name=f"environment {env_name}", classname=name, failure=bad.render() if bad else None))
+    if checked.environment_problems and not any(c.failure for c in cases):
+        failing = sorted({p.message for p in checked.environment_problems})
+        cases.append(Case(name="templates", classname=name, failure="\n".join(failing)))
+    return cases
 
 
 @app.command(
@@ -48,43 +75,15 @@ def validate(
     var: VarOption = None,
 ) -> None:
     """Lint and type-check plans: every environment of every plan (exit 0 valid, 2 not)."""
-    from rollout.engine.prepare import validate_environments
-    from rollout.planfile import load_plan
+    from rollout import api
 
     overrides = parse_vars(var)
     results: list[dict[str, Any]] = []
     cases: list[Case] = []
     for path in plans:
-        entry: dict[str, Any] = {"file": str(path), "valid": False, "errors": []}
-        try:
-            loaded = load_plan(path)
-        except PlanError as exc:
-            entry["errors"] = [_as_dict(p) for p in _problems(exc)]
-            cases.append(Case(name="load", classname=str(path), failure=exc.render()))
-            results.append(entry)
-            continue
-        problems = validate_environments(loaded, overrides)
-        entry.update(
-            name=loaded.plan.name,
-            digest=loaded.digest,
-            environments=list(loaded.plan.environments),
-            steps=len(loaded.plan.steps),
-            valid=not problems,
-            errors=[_as_dict(p) for exc in problems for p in _problems(exc)],
-        )
-        failing = {p.message for p in problems}
-        for env_name in loaded.plan.environments:
-            bad = next((p for p in problems if f"'{env_name}'" in p.message), None)
-            cases.append(
-                Case(
-                    name=f"environment {env_name}",
-                    classname=str(path),
-                    failure=bad.render() if bad else None,
-                )
-            )
-        if problems and not any(c.failure for c in cases if c.classname == str(path)):
-            cases.append(Case(name="templates", classname=str(path), failure="\n".join(sorted(failing))))
-        results.append(entry)
+        checked = api.validate(path, overrides=overrides)
+        results.append(_validation_entry(checked))
+        cases.extend(_validation_cases(checked))
     if junit is not None:
         write_junit(junit, "rollout validate", cases)
     if as_json:
@@ -116,96 +115,6 @@ def validate(
     raise typer.Exit(int(ExitStatus.SUCCESS if all(r["valid"] for r in results) else ExitStatus.USAGE))
 
 
-def describe_check(check: Check) -> str:
-    """One line saying what a check asks and what passes."""
-    if check.command is not None:
-        c = check.command
-        extra = f", stdout ~ /{c.stdout}/" if c.stdout else ""
-        return f"command `{c.run}` exits {c.exit_code}{extra}"
-    if check.http is not None:
-        h = check.http
-        expect = [f"status {h.status}"] + [f"{k} == {json.dumps(v)}" for k, v in h.json_equals.items()]
-        if h.body:
-            expect.append(f"body ~ /{h.body}/")
-        return f"http {h.method} {h.url} -> {', '.join(expect)}"
-    if check.tcp is not None:
-        return f"tcp connect {check.tcp.host}:{check.tcp.port}"
-    m = check.metadata
-    assert m is not None
-    src = m.source
-    where = src.file or src.host_file or src.command or src.url
-    parts = [f"metadata {where}"]
-    if m.schema_file:
-        parts.append(f"schema {m.schema_file}")
-    if m.unique:
-        parts.append("unique " + ", ".join(m.unique))
-    if m.references:
-        parts.append("references " + ", ".join(f"{r.source} -> {r.target}" for r in m.references))
-    if m.baseline is not None:
-        base = m.baseline.file or m.baseline.host_file or m.baseline.command or m.baseline.url
-        parts.append(
-            f"budget vs {base} by {m.key}: max_changed {m.max_changed}, removals {'allowed' if m.allow_removed else 'refused'}"
-        )
-    if m.equals is not None:
-        parts.append(f"read-back equals {m.equals.file or m.equals.host_file or m.equals.url or m.equals.command}")
-    return "; ".join(parts)
-
-
-def schedule_as_dict(schedule: Schedule) -> dict[str, Any]:
-    """The schedule as data (for --json and for the run directory)."""
-    from rollout.units import format_duration
-
-    plan = schedule.loaded.plan
-    strategy = plan.strategy
-    return {
-        "plan": plan.name,
-        "digest": schedule.digest,
-        "environment": schedule.env_name,
-        "rehearsal": plan.environments[schedule.env_name].rehearsal,
-        "strategy": {
-            "waves": [str(w) for w in strategy.waves],
-            "bake": format_duration(strategy.bake),
-            "failure_budget": schedule.budget(),
-            "concurrency": strategy.concurrency,
-        },
-        "skipped_waves": list(schedule.skipped_waves),
-        "waves": [{"wave": w.index, "size": w.size, "hosts": list(w.hosts)} for w in schedule.waves],
-        "hosts": {
-            name: {
-                "target": {
-                    "connection": h.target.connection,
-                    "address": h.target.address,
-                    "port": h.target.port,
-                    "user": h.target.user,
-                },
-                "prechecks": [{"name": c.label, "check": describe_check(c)} for c in h.prechecks],
-                "guards": [
-                    {
-                        "name": g.label,
-                        "check": describe_check(g),
-                        "every": format_duration(g.every),
-                        "fail_after": g.fail_after,
-                    }
-                    for g in h.guards
-                ],
-                "steps": [
-                    {
-                        "name": s.name,
-                        "run": s.run,
-                        "rollback": None if s.irreversible else s.rollback,
-                        "irreversible": s.irreversible,
-                        "timeout": format_duration(s.timeout),
-                        "retries": s.retries,
-                        "verify": [{"name": c.name, "check": describe_check(c)} for c in s.verify],
-                    }
-                    for s in h.steps
-                ],
-            }
-            for name, h in schedule.hosts.items()
-        },
-    }
-
-
 def _redact(text: str, secrets: frozenset[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
@@ -230,16 +139,15 @@ def plan_command(
     ] = False,
 ) -> None:
     """Dry run: the exact schedule a run would execute, rendered per host; changes nothing."""
-    from rollout.engine.prepare import prepare_schedule
-    from rollout.planfile import load_plan
+    from rollout import api
 
     try:
-        loaded = load_plan(plan)
+        loaded = api.load(plan)
         # secrets need not be set for a dry run: they are shown as *** anyway
-        schedule = prepare_schedule(loaded, env, overrides=parse_vars(var), for_validation=True)
+        schedule = api.schedule(loaded, env, overrides=parse_vars(var))
     except RolloutError as exc:
         fail(exc)
-    data = schedule_as_dict(schedule)
+    data = api.schedule_as_dict(schedule)
     secrets = schedule.secret_values
     if as_json:
         terminal.print(_redact(json.dumps(data, indent=2), secrets))
@@ -300,20 +208,16 @@ def plan_command(
 
 def _run_prechecks(plan: Path, env: str, overrides: dict[str, str]) -> int:
     """Run the pre-checks for real (with real secrets), print each verdict; 0 all pass, 3 otherwise."""
+    from rollout import api
     from rollout.cli.display import PlainDisplay
-    from rollout.engine.apply import Engine
-    from rollout.engine.events import Bus, Redactor
-    from rollout.engine.prepare import prepare_schedule
-    from rollout.planfile import load_plan
 
     try:
-        schedule = prepare_schedule(load_plan(plan), env, overrides=overrides)
+        prepared = api.prepare(plan, env, overrides=overrides)
     except RolloutError as exc:
         fail(exc)
     terminal.print("")
     terminal.print("pre-checks, run for real (read-only):")
-    engine = Engine(schedule, Bus(None, [PlainDisplay(terminal.out)], Redactor(schedule.secret_values)))
-    failed = engine.run_prechecks()
+    failed = api.prechecks(prepared, sinks=[PlainDisplay(terminal.out)])
     if failed:
         terminal.print(f"{len(failed)} pre-check(s) failed: a run would be refused (exit 3) and change nothing")
         return int(ExitStatus.REFUSED)
@@ -324,6 +228,6 @@ def _run_prechecks(plan: Path, env: str, overrides: dict[str, str]) -> int:
 @app.command(epilog="Example:\n\n  rollout schema > plan.schema.json")
 def schema() -> None:
     """Print the plan JSON Schema (for editors with yaml-language-server, and CI)."""
-    from rollout.planfile import plan_json_schema
+    from rollout import api
 
-    terminal.print(json.dumps(plan_json_schema(), indent=2))
+    terminal.print(json.dumps(api.json_schema(), indent=2))

@@ -1,6 +1,6 @@
 """`rollout report`: the incident report of a run as Markdown, JSON or HTML.
 
-Imported at start-up to register the command: the report modules are imported inside it.
+Imported at start-up to register the command: the API (and the report modules) inside it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Annotated
 import typer
 
 from rollout.atomic import write_atomic
-from rollout.cli.app import StateDirOption, app, fail, state_dir, terminal
+from rollout.cli.app import StateDirOption, app, fail, terminal
 from rollout.errors import RolloutError, UsageError
-from rollout.runstore import find_run
 
 
 class ReportFormat(StrEnum):
@@ -39,21 +38,12 @@ def report(
     state_dir_opt: StateDirOption = None,
 ) -> None:
     """Incident report: summary, impact window, timeline, first failure, rollback, evidence."""
-    from rollout.report.incident import load_report, render_json, render_markdown
+    from rollout import api
 
     try:
-        rundir = find_run(state_dir(state_dir_opt), run_id)
-        built = load_report(rundir)
+        text = api.report(run_id, state_dir=state_dir_opt, fmt=fmt.value)
     except RolloutError as exc:
         fail(exc)
-    if fmt is ReportFormat.html:
-        from rollout.report.html import render_html
-
-        text = render_html(built)
-    elif fmt is ReportFormat.json:
-        text = render_json(built)
-    else:
-        text = render_markdown(built)
     if output is None:
         terminal.out.file.write(text)
         terminal.out.file.flush()
