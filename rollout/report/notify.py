@@ -110,15 +110,15 @@ class _Sink:
     def deliver(self, document: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
         """One attempt: (delivered, what to journal about it)."""
         if self.entry.webhook is not None:
-            from rollout.checks.http import http_post_json
+            from rollout.http import HttpFailure, post_json
 
             hook = self.entry.webhook
-            obs = http_post_json(hook.url, document, headers=hook.headers, timeout=hook.timeout)
-            if obs.error is not None:
+            try:
+                response = post_json(hook.url, document, headers=hook.headers, timeout=hook.timeout)
+            except HttpFailure as failure:
                 # an error text may quote the URL, whose query can hold a token: name the sink instead
-                return False, {"error": obs.error.replace(hook.url, self.label)}
-            ok = obs.status is not None and 200 <= obs.status < 300
-            return ok, {"http_status": obs.status}
+                return False, {"error": str(failure).replace(hook.url, self.label)}
+            return 200 <= response.status < 300, {"http_status": response.status}
         line = json.dumps(document, sort_keys=True, ensure_ascii=False) + "\n"
         try:
             # Rewritten whole rather than appended: a reader never sees a torn document,
