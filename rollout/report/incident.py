@@ -17,8 +17,10 @@ from rollout.report.build import OUTPUT_TAIL_LINES, build_report
 from rollout.report.markdown import FOLLOW_UP_ROWS, render_markdown
 from rollout.report.records import (
     NO_IMPACT,
+    Bar,
     Evidence,
     FirstFailure,
+    GuardSegment,
     Impact,
     IncidentReport,
     Rollback,
@@ -28,7 +30,6 @@ from rollout.report.records import (
     render_json,
     report_from_dict,
 )
-from rollout.report.swimlanes import Bar, GuardSegment
 from rollout.runstore import RunDir
 
 __all__ = [

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rollout.report.swimlanes import Bar, GuardSegment
-
 NO_IMPACT = "no customer-visible impact detected by guards"
 
 
@@ -114,6 +112,28 @@ class Evidence:
     journal_records: int
     tool_version: str
     verify_command: str
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A step (or a rollback) on one host along time, for the swimlane picture."""
+
+    host: str
+    step: str
+    kind: str  # step | rollback
+    start: float
+    end: float
+    outcome: str
+
+
+@dataclass(frozen=True)
+class GuardSegment:
+    """The worst guard state on one host over a stretch of time."""
+
+    host: str
+    state: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)

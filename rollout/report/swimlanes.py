@@ -1,42 +1,21 @@
 """The swimlane geometry of a run: step and rollback bars and guard-health stretches per host.
 
-Only the HTML renderer draws these, but they are computed from the journal records along
-with the rest of the report (and kept in its JSON form), so they live beside the report's
-data rather than inside the renderer. Offsets are seconds since the run's first record.
+Only the HTML renderer (rollout.report.html) draws these. They are computed from the
+journal records while the report is built, and kept in its JSON form, so that every
+renderer reads the report's data and none reads the journal. Offsets are seconds since
+the run's first record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from rollout.event import EventKind
 from rollout.journal import Record, final_run_end
 from rollout.report.clock import parse_ts
+from rollout.report.records import Bar, GuardSegment
 
 Offset = Callable[[Record], float]
-
-
-@dataclass(frozen=True)
-class Bar:
-    """A step (or a rollback) on one host along time, for the swimlane picture."""
-
-    host: str
-    step: str
-    kind: str  # step | rollback
-    start: float
-    end: float
-    outcome: str
-
-
-@dataclass(frozen=True)
-class GuardSegment:
-    """The worst guard state on one host over a stretch of time."""
-
-    host: str
-    state: str
-    start: float
-    end: float
 
 
 def _offset_from(records: Sequence[Record]) -> Offset:
