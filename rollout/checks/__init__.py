@@ -120,6 +120,22 @@ def json_path_get(document: Any, path: str) -> Any:
     return value
 
 
+def _json_mismatch(json_equals: Mapping[str, Any], body: str) -> str | None:
+    """Why the body fails the `json_equals` values (the first one that does), or None."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return "body is not JSON"
+    for path, expected in json_equals.items():
+        try:
+            actual = json_path_get(document, path)
+        except KeyError:
+            return f"{path} is missing"
+        if actual != expected:
+            return f"{path} is {json.dumps(actual)}, expected {json.dumps(expected)}"
+    return None
+
+
 def evaluate_http(spec: HttpCheck, obs: HttpObservation) -> Verdict:
     """Pass when the status, body pattern and JSON values all match."""
     observed: dict[str, Any] = {"status": obs.status, "elapsed": round(obs.elapsed, 3)}
@@ -135,24 +151,10 @@ def evaluate_http(spec: HttpCheck, obs: HttpObservation) -> Verdict:
         observed["body"] = excerpt(obs.body, 200)
         return Verdict(False, f"body does not match /{spec.body}/", observed)
     if spec.json_equals:
-        try:
-            document = json.loads(obs.body)
-        except ValueError:
+        why = _json_mismatch(spec.json_equals, obs.body)
+        if why is not None:
             observed["body"] = excerpt(obs.body, 200)
-            return Verdict(False, "body is not JSON", observed)
-        for path, expected in spec.json_equals.items():
-            try:
-                actual = json_path_get(document, path)
-            except KeyError:
-                observed["body"] = excerpt(obs.body, 200)
-                return Verdict(False, f"{path} is missing", observed)
-            if actual != expected:
-                observed["body"] = excerpt(obs.body, 200)
-                return Verdict(
-                    False,
-                    f"{path} is {json.dumps(actual)}, expected {json.dumps(expected)}",
-                    observed,
-                )
+            return Verdict(False, why, observed)
     return Verdict(True, f"status {obs.status}", observed)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from html import escape
 
-from rollout.report.incident import NO_IMPACT, IncidentReport, render_markdown
+from rollout.report.markdown import render_markdown
+from rollout.report.records import NO_IMPACT, IncidentReport
 
 LANE_HEIGHT = 34
 BAR_HEIGHT = 14

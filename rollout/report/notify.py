@@ -110,15 +110,15 @@ class _Sink:
     def deliver(self, document: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
         """One attempt: (delivered, what to journal about it)."""
         if self.entry.webhook is not None:
-            from rollout.checks.http import http_post_json
+            from rollout.http import HttpFailure, post_json
 
             hook = self.entry.webhook
-            obs = http_post_json(hook.url, document, headers=hook.headers, timeout=hook.timeout)
-            if obs.error is not None:
+            try:
+                response = post_json(hook.url, document, headers=hook.headers, timeout=hook.timeout)
+            except HttpFailure as failure:
                 # an error text may quote the URL, whose query can hold a token: name the sink instead
-                return False, {"error": obs.error.replace(hook.url, self.label)}
-            ok = obs.status is not None and 200 <= obs.status < 300
-            return ok, {"http_status": obs.status}
+                return False, {"error": str(failure).replace(hook.url, self.label)}
+            return 200 <= response.status < 300, {"http_status": response.status}
         line = json.dumps(document, sort_keys=True, ensure_ascii=False) + "\n"
         try:
             # Rewritten whole rather than appended: a reader never sees a torn document,
@@ -185,71 +185,86 @@ class Notifier:
         return sum(1 for guards in self._bad.values() if guards)
 
     def _transition(self, event: Event) -> _Update | None:
-        k = event.kind
-        what = f"{self._plan} on {self._env}"
-        if k == EventKind.GUARD_STATE and event.host is not None:
+        if event.kind == EventKind.GUARD_STATE and event.host is not None:
             guards = self._bad.setdefault(event.host, set())
             name = str(event.data.get("guard"))
             if event.outcome == "green":
                 guards.discard(name)
             else:
                 guards.add(name)
-        if k == EventKind.PRECHECKS_PASSED and self._phase == "idle":
-            self._phase = "maintenance"
+        handler = {
+            EventKind.PRECHECKS_PASSED: self._prechecks_passed,
+            EventKind.GUARD_STATE: self._guard_state,
+            EventKind.ROLLBACK_START: self._rollback_started,
+            EventKind.RECOVERY: self._recovery,
+            EventKind.RUN_END: self._ended,
+        }.get(event.kind)
+        return None if handler is None else handler(event, f"{self._plan} on {self._env}")
+
+    def _prechecks_passed(self, event: Event, what: str) -> _Update | None:
+        if self._phase != "idle":
+            return None
+        self._phase = "maintenance"
+        return _Update(
+            "scheduled_maintenance",
+            "in_progress",
+            "under_maintenance",
+            f"Maintenance in progress: {what} ({self._hosts} hosts), canary first, guarded and reversible.",
+        )
+
+    def _guard_state(self, event: Event, what: str) -> _Update | None:
+        if event.outcome != "tripped" or self._phase not in ("maintenance", "incident"):
+            return None
+        status = component_status_for_share(self._failing_hosts(), self._hosts)
+        if self._phase == "incident" and status == self._component_status:
+            return None
+        self._phase = "incident"
+        self._component_status = status
+        return _Update(
+            "incident",
+            "investigating",
+            status,
+            f"Health checks are failing on {self._failing_hosts()} of {self._hosts} hosts during {what}; "
+            "the change is being rolled back automatically.",
+        )
+
+    def _rollback_started(self, event: Event, what: str) -> _Update | None:
+        if self._phase not in ("maintenance", "incident"):
+            return None
+        if self._phase == "maintenance" and self._failing_hosts() == 0:
             return _Update(
                 "scheduled_maintenance",
                 "in_progress",
                 "under_maintenance",
-                f"Maintenance in progress: {what} ({self._hosts} hosts), canary first, guarded and reversible.",
+                f"A change in {what} failed its checks before any customer-visible impact; rolling it back.",
             )
-        if k == EventKind.GUARD_STATE and event.outcome == "tripped" and self._phase in ("maintenance", "incident"):
-            status = component_status_for_share(self._failing_hosts(), self._hosts)
-            if self._phase == "incident" and status == self._component_status:
-                return None
-            self._phase = "incident"
-            self._component_status = status
+        self._phase = "incident"
+        self._component_status = component_status_for_share(max(self._failing_hosts(), 1), self._hosts)
+        return _Update(
+            "incident",
+            "identified",
+            self._component_status,
+            f"The cause is the change in {what}; it is being rolled back on every host it reached.",
+        )
+
+    def _recovery(self, event: Event, what: str) -> _Update | None:
+        if self._phase != "incident":
+            return None
+        if event.outcome == "green":
+            self._recovered = True
+            self._component_status = "operational"
             return _Update(
                 "incident",
-                "investigating",
-                status,
-                f"Health checks are failing on {self._failing_hosts()} of {self._hosts} hosts during {what}; "
-                "the change is being rolled back automatically.",
+                "monitoring",
+                "operational",
+                f"The change in {what} was rolled back and health checks are green again; monitoring.",
             )
-        if k == EventKind.ROLLBACK_START and self._phase in ("maintenance", "incident"):
-            if self._phase == "maintenance" and self._failing_hosts() == 0:
-                return _Update(
-                    "scheduled_maintenance",
-                    "in_progress",
-                    "under_maintenance",
-                    f"A change in {what} failed its checks before any customer-visible impact; rolling it back.",
-                )
-            self._phase = "incident"
-            self._component_status = component_status_for_share(max(self._failing_hosts(), 1), self._hosts)
-            return _Update(
-                "incident",
-                "identified",
-                self._component_status,
-                f"The cause is the change in {what}; it is being rolled back on every host it reached.",
-            )
-        if k == EventKind.RECOVERY and self._phase == "incident":
-            if event.outcome == "green":
-                self._recovered = True
-                self._component_status = "operational"
-                return _Update(
-                    "incident",
-                    "monitoring",
-                    "operational",
-                    f"The change in {what} was rolled back and health checks are green again; monitoring.",
-                )
-            return _Update(
-                "incident",
-                "identified",
-                self._component_status,
-                f"The change in {what} was rolled back but health checks are still failing; engineers are on it.",
-            )
-        if k == EventKind.RUN_END:
-            return self._ended(event, what)
-        return None
+        return _Update(
+            "incident",
+            "identified",
+            self._component_status,
+            f"The change in {what} was rolled back but health checks are still failing; engineers are on it.",
+        )
 
     def _ended(self, event: Event, what: str) -> _Update | None:
         phase, self._phase = self._phase, "closed"

@@ -1,11 +1,18 @@
-"""One readable line per event, shared by the live plain output and `rollout timeline`."""
+"""One readable line per event, shared by the live plain output and `rollout timeline`.
+
+Each event kind has its own small renderer in one table; a kind without one (a newer
+event read by an older tool) falls back to its name and outcome.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rollout.event import Event, EventKind
+
+# (the event, its data, "wave N host step: " or "") -> the line
+Renderer = Callable[[Event, Mapping[str, Any], str], str]
 
 
 def _short(text: Any, limit: int = 160) -> str:
@@ -13,84 +20,106 @@ def _short(text: Any, limit: int = 160) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
+def _run_start(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    return (
+        f"run {d.get('run_id')} started: plan {d.get('plan')} ({str(d.get('plan_digest'))[:12]}) "
+        f"on {d.get('environment')}, {len(d.get('hosts', []))} hosts, {len(d.get('waves', []))} waves, "
+        f"operator {d.get('operator')}"
+    )
+
+
+def _precheck(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    return f"{prefix}pre-check '{d.get('check')}' {event.outcome}: {_short(d.get('summary'))}"
+
+
+def _prechecks_failed(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    failed = d.get("failed", [])
+    return f"pre-checks FAILED on {len(failed)} check(s); nothing was changed"
+
+
+def _guard_state(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    return f"{prefix}guard '{d.get('guard')}' {str(event.outcome).upper()} ({d.get('consecutive_failures')}/{d.get('fail_after')}): {_short(d.get('summary'))}"
+
+
+def _step_intent(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    attempt = f" (attempt {d.get('attempt')})" if d.get("attempt", 1) != 1 else ""
+    return f"{prefix}run{attempt}: {_short(d.get('command'))}"
+
+
+def _result(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    verb = "rollback" if event.kind == EventKind.ROLLBACK_RESULT else "step"
+    if event.outcome == "skipped":
+        return f"{prefix}{verb} skipped: {d.get('summary')}"
+    detail = f"exit {d.get('exit_code')} in {d.get('duration')}s"
+    if event.outcome != "ok":
+        tail = _short(d.get("stderr") or d.get("stdout"), 120)
+        detail += f": {tail}" if tail else ""
+    return f"{prefix}{verb} {event.outcome}, {detail}"
+
+
+def _bake_extended(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    waiting = d.get("waiting_for", [])
+    names = ", ".join(f"{w.get('host')} '{w.get('guard')}' ({w.get('state')})" for w in waiting[:5])
+    more = f" (+{d.get('guards', 0) - 5} more)" if d.get("guards", 0) > 5 else ""
+    where = f"wave {event.wave}: bake" if event.wave else "final verdict"
+    return f"{where} held for up to {d.get('at_most')}: waiting for {names}{more} to be green"
+
+
+def _rollback_start(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    plan = d.get("plan", {})
+    return f"rollback started on {len(plan)} host(s): " + "; ".join(f"{h}: {', '.join(s)}" for h, s in plan.items())
+
+
+def _rollback_end(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    return f"rollback {event.outcome}: {len(d.get('undone', []))} step(s) undone" + (
+        f", {len(d.get('failed', []))} FAILED" if d.get("failed") else ""
+    )
+
+
+def _run_end(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    cause = d.get("cause") or {}
+    why = f": {_short(cause.get('summary'), 200)}" if cause else ""
+    return f"run ended: {str(event.outcome).upper()}{why}"
+
+
+RENDERERS: dict[str, Renderer] = {
+    EventKind.RUN_START: _run_start,
+    EventKind.PRECHECK: _precheck,
+    EventKind.PRECHECKS_PASSED: lambda e, d, p: "pre-checks passed on every host",
+    EventKind.PRECHECKS_FAILED: _prechecks_failed,
+    EventKind.GUARDS_START: lambda e, d, p: f"guards started: {', '.join(d.get('guards', []))}",
+    EventKind.GUARD_STATE: _guard_state,
+    EventKind.WAVE_START: lambda e, d, p: f"wave {e.wave} ({d.get('size')}) started: {', '.join(d.get('hosts', []))}",
+    EventKind.WAVE_END: lambda e, d, p: f"wave {e.wave} done",
+    EventKind.STEP_INTENT: _step_intent,
+    EventKind.PROCESS: lambda e, d, p: f"{p}{d.get('role')} command started as process group {d.get('pgid')}",
+    EventKind.PROCESSES_ENDED: lambda e, d, p: f"{p}dead run's processes: {e.outcome}: {_short(d.get('summary'), 200)}",
+    EventKind.STEP_RESULT: _result,
+    EventKind.ROLLBACK_RESULT: _result,
+    EventKind.VERIFY: lambda e, d, p: f"{p}verify '{d.get('check')}' {e.outcome}: {_short(d.get('summary'))}",
+    EventKind.HOST_FAILED: lambda e, d, p: (
+        f"{p}host failed ({e.outcome}, {d.get('failed_hosts')} of budget {d.get('budget')})"
+    ),
+    EventKind.BAKE_START: lambda e, d, p: f"wave {e.wave}: baking {d.get('bake')} with guards watching",
+    EventKind.BAKE_EXTENDED: _bake_extended,
+    EventKind.BAKE_END: lambda e, d, p: f"wave {e.wave}: bake {e.outcome}",
+    EventKind.ABORT: lambda e, d, p: f"ABORT: {_short(d.get('cause', {}).get('summary'), 300)}",
+    EventKind.ROLLBACK_START: _rollback_start,
+    EventKind.ROLLBACK_INTENT: lambda e, d, p: f"{p}rollback: {_short(d.get('command'))}",
+    EventKind.ROLLBACK_END: _rollback_end,
+    EventKind.RECOVERY: lambda e, d, p: f"guards after rollback: {e.outcome}",
+    EventKind.RECOVER_START: lambda e, d, p: f"recovery of run {d.get('run_id')} started by {d.get('operator')}",
+    EventKind.IN_DOUBT: lambda e, d, p: f"{p}in doubt ({e.outcome}): {_short(d.get('summary'))}",
+    EventKind.NOTIFY: lambda e, d, p: f"notification to {d.get('sink')}: {e.outcome} ({d.get('status')})",
+    EventKind.RUN_END: _run_end,
+}
+
+
 def describe_event(event: Event) -> str:
     """What happened, in one line, without the timestamp."""
-    k = event.kind
-    d: Mapping[str, Any] = event.data
     where = " ".join(x for x in (f"wave {event.wave}" if event.wave else "", event.host or "", event.step or "") if x)
     prefix = f"{where}: " if where else ""
-    if k == EventKind.RUN_START:
-        return (
-            f"run {d.get('run_id')} started: plan {d.get('plan')} ({str(d.get('plan_digest'))[:12]}) "
-            f"on {d.get('environment')}, {len(d.get('hosts', []))} hosts, {len(d.get('waves', []))} waves, "
-            f"operator {d.get('operator')}"
-        )
-    if k == EventKind.PRECHECK:
-        return f"{prefix}pre-check '{d.get('check')}' {event.outcome}: {_short(d.get('summary'))}"
-    if k == EventKind.PRECHECKS_PASSED:
-        return "pre-checks passed on every host"
-    if k == EventKind.PRECHECKS_FAILED:
-        failed = d.get("failed", [])
-        return f"pre-checks FAILED on {len(failed)} check(s); nothing was changed"
-    if k == EventKind.GUARDS_START:
-        return f"guards started: {', '.join(d.get('guards', []))}"
-    if k == EventKind.GUARD_STATE:
-        return f"{prefix}guard '{d.get('guard')}' {str(event.outcome).upper()} ({d.get('consecutive_failures')}/{d.get('fail_after')}): {_short(d.get('summary'))}"
-    if k == EventKind.WAVE_START:
-        return f"wave {event.wave} ({d.get('size')}) started: {', '.join(d.get('hosts', []))}"
-    if k == EventKind.WAVE_END:
-        return f"wave {event.wave} done"
-    if k == EventKind.STEP_INTENT:
-        attempt = f" (attempt {d.get('attempt')})" if d.get("attempt", 1) != 1 else ""
-        return f"{prefix}run{attempt}: {_short(d.get('command'))}"
-    if k == EventKind.PROCESS:
-        return f"{prefix}{d.get('role')} command started as process group {d.get('pgid')}"
-    if k == EventKind.PROCESSES_ENDED:
-        return f"{prefix}dead run's processes: {event.outcome}: {_short(d.get('summary'), 200)}"
-    if k in (EventKind.STEP_RESULT, EventKind.ROLLBACK_RESULT):
-        verb = "rollback" if k == EventKind.ROLLBACK_RESULT else "step"
-        if event.outcome == "skipped":
-            return f"{prefix}{verb} skipped: {d.get('summary')}"
-        detail = f"exit {d.get('exit_code')} in {d.get('duration')}s"
-        if event.outcome != "ok":
-            tail = _short(d.get("stderr") or d.get("stdout"), 120)
-            detail += f": {tail}" if tail else ""
-        return f"{prefix}{verb} {event.outcome}, {detail}"
-    if k == EventKind.VERIFY:
-        return f"{prefix}verify '{d.get('check')}' {event.outcome}: {_short(d.get('summary'))}"
-    if k == EventKind.HOST_FAILED:
-        return f"{prefix}host failed ({event.outcome}, {d.get('failed_hosts')} of budget {d.get('budget')})"
-    if k == EventKind.BAKE_START:
-        return f"wave {event.wave}: baking {d.get('bake')} with guards watching"
-    if k == EventKind.BAKE_EXTENDED:
-        waiting = d.get("waiting_for", [])
-        names = ", ".join(f"{w.get('host')} '{w.get('guard')}' ({w.get('state')})" for w in waiting[:5])
-        more = f" (+{d.get('guards', 0) - 5} more)" if d.get("guards", 0) > 5 else ""
-        where = f"wave {event.wave}: bake" if event.wave else "final verdict"
-        return f"{where} held for up to {d.get('at_most')}: waiting for {names}{more} to be green"
-    if k == EventKind.BAKE_END:
-        return f"wave {event.wave}: bake {event.outcome}"
-    if k == EventKind.ABORT:
-        return f"ABORT: {_short(d.get('cause', {}).get('summary'), 300)}"
-    if k == EventKind.ROLLBACK_START:
-        plan = d.get("plan", {})
-        return f"rollback started on {len(plan)} host(s): " + "; ".join(f"{h}: {', '.join(s)}" for h, s in plan.items())
-    if k == EventKind.ROLLBACK_INTENT:
-        return f"{prefix}rollback: {_short(d.get('command'))}"
-    if k == EventKind.ROLLBACK_END:
-        return f"rollback {event.outcome}: {len(d.get('undone', []))} step(s) undone" + (
-            f", {len(d.get('failed', []))} FAILED" if d.get("failed") else ""
-        )
-    if k == EventKind.RECOVERY:
-        return f"guards after rollback: {event.outcome}"
-    if k == EventKind.RECOVER_START:
-        return f"recovery of run {d.get('run_id')} started by {d.get('operator')}"
-    if k == EventKind.IN_DOUBT:
-        return f"{prefix}in doubt ({event.outcome}): {_short(d.get('summary'))}"
-    if k == EventKind.NOTIFY:
-        return f"notification to {d.get('sink')}: {event.outcome} ({d.get('status')})"
-    if k == EventKind.RUN_END:
-        cause = d.get("cause") or {}
-        why = f": {_short(cause.get('summary'), 200)}" if cause else ""
-        return f"run ended: {str(event.outcome).upper()}{why}"
-    return f"{prefix}{k} {event.outcome or ''}".strip()
+    renderer = RENDERERS.get(event.kind)
+    if renderer is None:
+        return f"{prefix}{event.kind} {event.outcome or ''}".strip()
+    return renderer(event, event.data, prefix)
