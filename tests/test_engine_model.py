@@ -33,9 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollout.cli.run_cmds import JournalSink
-from rollout.engine.apply import EXIT_FOR_OUTCOME, Engine
+from rollout.engine.apply import Engine
 from rollout.engine.events import Bus, ListSink
 from rollout.engine.guards import GREEN
+from rollout.engine.outcomes import EXIT_FOR_OUTCOME
 from rollout.engine.prepare import prepare_schedule
 from rollout.engine.recover import state_from_events
 from rollout.errors import JournalError

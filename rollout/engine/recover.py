@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rollout.engine.apply import AppliedStep, Cause, Engine, RunResult
+from rollout.engine.apply import Engine
+from rollout.engine.outcomes import AppliedStep, Cause, RunResult
 from rollout.engine.prepare import Schedule
 from rollout.engine.processes import end_dead_run_processes
 from rollout.event import Event, EventKind, Outcome
@@ -80,7 +81,7 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     schedule = engine.schedule
     if not any(e.kind == EventKind.RUN_START for e in events):
         # killed at or before its first line: begin the journal the run never began
-        engine.emit(Event(EventKind.RUN_START, data=engine._run_start_data()), sync=True)
+        engine.journal_start()
     state = state_from_events(events, schedule)
     engine.emit(
         Event(
@@ -98,7 +99,7 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     end_dead_run_processes(engine, events)
     if not state.changed:
         cause = Cause("recover", "the run died before any step started: nothing was applied")
-        return engine._end_unchanged(Outcome.NOT_STARTED, cause)
+        return engine.end_unchanged(Outcome.NOT_STARTED, cause)
     for host, stack in state.applied.items():
         for item in stack:
             if item.state not in ("in_doubt", "rollback_in_doubt"):
