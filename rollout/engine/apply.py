@@ -18,6 +18,8 @@ plans and failures), and where the code that upholds each one lives:
   back every applied step newest first (`run` here; pool.py turns a worker's exception
   into the abort); the outcome is derived from what is still applied after the
   rollback, never from what happened along the way (rollback.py: `roll_back`);
+- a host that fails within the failure budget is put back where it started at once;
+  beyond the budget, the run aborts (`_host_failed` here);
 - when the journal fails, no forward work starts again, but rollbacks go on (the
   targets matter more than the evidence) and the bus keeps a side record (core.py:
   `_emit`, `_journal_failed`).

@@ -1,4 +1,4 @@
-"""Waves and steps: each host of a wave runs its steps in order, with retries and verify.
+"""One step on one host: its attempts (with retries), the judgement of its result, its verify.
 
 What this part of the engine upholds (see apply.py for the whole list):
 
@@ -6,9 +6,9 @@ What this part of the engine upholds (see apply.py for the whole list):
   aborting (`_emit_intent`); from that line on the step belongs to the host's rollback;
 - a step whose host cannot be reached never started: it leaves the rollback again;
 - a step killed or cut short by an abort decided elsewhere is not this host's failure,
-  but it stays in the rollback (it may have half run);
-- a host that fails within the failure budget is put back where it started at once;
-  beyond the budget, the run aborts.
+  but it stays in the rollback (it may have half run).
+
+What a host's failure means for the run (the failure budget) is the run driver's call (apply.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rollout.units import format_duration
 
 
 class StepsMixin(EngineCore):
-    """The Engine's waves: host workers apply steps; a failed host is judged against the budget."""
+    """The Engine's step on a host: applied by a host worker, it says why the host failed, if it did."""
 
     def _apply_step(self, wave: int, host: HostPlan, applied: AppliedStep) -> Cause | None:
         """Run a step (with its retries), then its verify: the cause when this host failed."""
