@@ -2,8 +2,8 @@
 
 What this part of the engine upholds (see apply.py for the whole list):
 
-- the abort is journaled once, with its cause, under the same lock as step intents:
-  no step intent is journaled after it;
+- the abort is journaled once, with its cause, before the rollback starts (core.py
+  `_journal_abort`, which also keeps any step intent from following it);
 - every step that started is rolled back, newest first; on a host, a failed rollback
   stops that host's rollback (undoing older steps under one we could not undo could make
   things worse); irreversible steps are left applied, and the run says so;
