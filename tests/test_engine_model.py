@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollout.api.sinks import JournalSink
-from rollout.engine.apply import EXIT_FOR_OUTCOME, Engine
+from rollout.engine.apply import Engine
 from rollout.engine.events import Bus, ListSink
 from rollout.engine.guards import GREEN
 from rollout.engine.prepare import prepare_schedule
@@ -41,6 +41,7 @@ from rollout.engine.recover import state_from_events
 from rollout.errors import JournalError
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors.base import CommandResult, OnStart, Target
+from rollout.exits import FOR_OUTCOME
 from rollout.journal import Journal, read_journal, verify_journal
 from rollout.planfile import load_plan
 
@@ -270,7 +271,7 @@ def _check_one_run(tmp: Path, sc: Scenario) -> None:
     applied = {h: list(v) for h, v in truth.applied.items() if v}
 
     # the exit code matches the outcome, and the evidence says the same outcome
-    assert result.exit_status == EXIT_FOR_OUTCOME[result.outcome]
+    assert result.exit_status == FOR_OUTCOME[result.outcome]
     ends = [e for e in interrupter.events if e.kind == EventKind.RUN_END]
     assert [e.outcome for e in ends] == [result.outcome], "one run.end, with the outcome the exit code reports"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rollout.engine.apply import Engine, RunResult
+from rollout.engine.apply import Engine
 from rollout.engine.events import Bus, ListSink
+from rollout.engine.outcomes import RunResult
 from rollout.engine.prepare import compute_waves, prepare_schedule
 from rollout.errors import ConnectError, ExitStatus
 from rollout.event import EventKind, Outcome

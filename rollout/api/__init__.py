@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from rollout.api.running import prepare as prepare
     from rollout.api.running import recover as recover
     from rollout.api.running import run as run
-    from rollout.engine.apply import RunResult as RunResult
     from rollout.engine.events import Sink as Sink
+    from rollout.engine.outcomes import RunResult as RunResult
     from rollout.engine.prepare import Schedule as Schedule
     from rollout.errors import ExitStatus as ExitStatus
     from rollout.event import Event as Event
@@ -84,7 +84,7 @@ _HOMES = {
         "recover",
         "run",
     ),
-    "rollout.engine.apply": ("RunResult",),
+    "rollout.engine.outcomes": ("RunResult",),
     "rollout.engine.events": ("Sink",),
     "rollout.engine.prepare": ("Schedule",),
     "rollout.errors": ("ExitStatus",),

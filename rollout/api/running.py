@@ -32,8 +32,9 @@ from rollout.lock import EnvironmentLock, LockHolder
 from rollout.runstore import RunDir, create_run_dir, new_run_id
 
 if TYPE_CHECKING:
-    from rollout.engine.apply import Engine, RunResult
+    from rollout.engine.apply import Engine
     from rollout.engine.events import Bus, Redactor, Sink
+    from rollout.engine.outcomes import RunResult
     from rollout.engine.prepare import Schedule
     from rollout.planfile import LoadedPlan
     from rollout.report.notify import Notifier
@@ -269,8 +270,9 @@ def drive(
     sign_key: Path | None = None,
 ) -> RunOutcome:
     """Wire journal, sinks and notifier to an engine, run `action`, write the report, sign the head."""
-    from rollout.engine.apply import Engine, RunResult
+    from rollout.engine.apply import Engine
     from rollout.engine.events import Bus, Redactor
+    from rollout.engine.outcomes import RunResult
 
     redactor = Redactor(schedule.secret_values)
     fallback = FallbackSink(rundir.path / FALLBACK_FILE, wiring.warn)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from rollout.checks import (
 )
 from rollout.errors import ExecutorError, MetadataError, RolloutError
 from rollout.executors.base import Executor
-from rollout.model import Check, DocumentSource, MetadataCheck
+from rollout.model import Check, DocumentSource, MetadataCheck, TcpCheck
 from rollout.units import Percent
 
 if TYPE_CHECKING:
@@ -114,29 +114,27 @@ class CheckRunner:
         else:
             interrupted = self.stop.is_set
         try:
-            if check.command is not None:
-                result = executor.run(check.command.run, timeout=check.timeout, env=self.env)
-                return evaluate_command(check.command, result)
-            if check.http is not None:
-                h = check.http
-                obs = self.prober(h).probe(
-                    h.url, method=h.method, headers=h.headers, timeout=check.timeout, interrupted=interrupted
-                )
-                return evaluate_http(h, obs)
-            if check.tcp is not None:
-                from rollout.checks.http import tcp_probe
-
-                try:
-                    port = int(check.tcp.port)
-                except ValueError:
-                    return Verdict(False, f"tcp port {check.tcp.port!r} is not a number")
-                return evaluate_tcp(tcp_probe(check.tcp.host, port, timeout=check.timeout))
-            assert check.metadata is not None
-            return self._metadata(check.metadata, executor, check.timeout)
+            return self._ask(check, executor, interrupted)
         except ExecutorError as exc:
             return Verdict(False, str(exc), {"error": str(exc)})
         except RolloutError as exc:
             return Verdict(False, str(exc), {"error": str(exc)})
+
+    def _ask(self, check: Check, executor: Executor, interrupted: Callable[[], bool]) -> Verdict:
+        """One attempt of whichever kind the check is; failures to ask raise."""
+        if check.command is not None:
+            result = executor.run(check.command.run, timeout=check.timeout, env=self.env)
+            return evaluate_command(check.command, result)
+        if check.http is not None:
+            h = check.http
+            obs = self.prober(h).probe(
+                h.url, method=h.method, headers=h.headers, timeout=check.timeout, interrupted=interrupted
+            )
+            return evaluate_http(h, obs)
+        if check.tcp is not None:
+            return _tcp(check.tcp, check.timeout)
+        assert check.metadata is not None
+        return self._metadata(check.metadata, executor, check.timeout)
 
     # --- metadata ----------------------------------------------------------------
 
@@ -233,6 +231,17 @@ class CheckRunner:
         total = len(report.violations)
         more = f" (+{total - 1} more)" if total > 1 else ""
         return Verdict(False, f"{name}: {head}{more}", observed)
+
+
+def _tcp(spec: TcpCheck, timeout: float) -> Verdict:
+    """Connect to the port from the orchestrator."""
+    from rollout.checks.http import tcp_probe
+
+    try:
+        port = int(spec.port)
+    except ValueError:
+        return Verdict(False, f"tcp port {spec.port!r} is not a number")
+    return evaluate_tcp(tcp_probe(spec.host, port, timeout=timeout))
 
 
 def _has_validation(spec: MetadataCheck) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rollout.engine.apply import AppliedStep, Cause, Engine, RunResult
+from rollout.engine.apply import Engine
+from rollout.engine.outcomes import AppliedStep, Cause, RunResult
 from rollout.engine.prepare import Schedule
 from rollout.engine.processes import end_dead_run_processes
 from rollout.event import Event, EventKind, Outcome
@@ -28,46 +29,70 @@ class JournalState:
 
 def state_from_events(events: Sequence[Event], schedule: Schedule) -> JournalState:
     """Replay the journal: which steps started and were not rolled back."""
-    stacks: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
-    index: dict[tuple[str, str], AppliedStep] = {}
-    finished: str | None = None
-    changed = False
+    replay = _Replay(schedule)
     for event in events:
+        replay.feed(event)
+    live = {h: [a for a in stack if a.state != "rolled_back"] for h, stack in replay.stacks.items()}
+    return JournalState(applied={h: v for h, v in live.items() if v}, finished=replay.finished, changed=replay.changed)
+
+
+class _Replay:
+    """The journal read line by line: each host's started steps, oldest first, and their states."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.stacks: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
+        self.index: dict[tuple[str, str], AppliedStep] = {}
+        self.finished: str | None = None
+        self.changed = False
+
+    def feed(self, event: Event) -> None:
+        """Apply one journal line."""
         if event.kind == EventKind.RUN_END:
-            finished = event.outcome  # the last one wins: a recover after rollback_failed ends again
-            continue
+            self.finished = event.outcome  # the last one wins: a recover after rollback_failed ends again
+            return
         if event.kind == EventKind.RECOVER_START:
-            finished = None
-            continue
-        if event.host is None or event.step is None or event.host not in schedule.hosts:
-            continue
+            self.finished = None
+            return
+        if event.host is None or event.step is None or event.host not in self.schedule.hosts:
+            return
         key = (event.host, event.step)
         if event.kind == EventKind.STEP_INTENT:
-            changed = True
-            item = index.get(key)
-            if item is None or item.state == "rolled_back":
-                step = next((s for s in schedule.hosts[event.host].steps if s.name == event.step), None)
-                if step is None:
-                    continue
-                item = AppliedStep(event.host, event.wave, schedule.hosts[event.host].steps.index(step), step)
-                index[key] = item
-                if item not in stacks[event.host]:
-                    stacks[event.host].append(item)
-            item.state = "in_doubt"
-        elif event.kind == EventKind.STEP_RESULT and key in index:
+            self._intent(event, key)
+        elif key in self.index:
+            self._outcome(event, key)
+
+    def _intent(self, event: Event, key: tuple[str, str]) -> None:
+        """A step's intent: it is in doubt until its result line says otherwise."""
+        assert event.host is not None
+        self.changed = True
+        item = self.index.get(key)
+        if item is None or item.state == "rolled_back":
+            steps = self.schedule.hosts[event.host].steps
+            step = next((s for s in steps if s.name == event.step), None)
+            if step is None:
+                return
+            item = AppliedStep(event.host, event.wave, steps.index(step), step)
+            self.index[key] = item
+            if item not in self.stacks[event.host]:
+                self.stacks[event.host].append(item)
+        item.state = "in_doubt"
+
+    def _outcome(self, event: Event, key: tuple[str, str]) -> None:
+        """A step's result, or its rollback's intent or result."""
+        assert event.host is not None
+        if event.kind == EventKind.STEP_RESULT:
             if event.outcome == "not_started":  # the host was never reached
-                stacks[event.host].remove(index.pop(key))
+                self.stacks[event.host].remove(self.index.pop(key))
             else:
-                index[key].state = "applied" if event.outcome == "ok" else "failed"
-        elif event.kind == EventKind.ROLLBACK_INTENT and key in index:
-            index[key].state = "rollback_in_doubt"
-        elif event.kind == EventKind.ROLLBACK_RESULT and key in index:
+                self.index[key].state = "applied" if event.outcome == "ok" else "failed"
+        elif event.kind == EventKind.ROLLBACK_INTENT:
+            self.index[key].state = "rollback_in_doubt"
+        elif event.kind == EventKind.ROLLBACK_RESULT:
             if event.outcome == "ok":
-                index[key].state = "rolled_back"
+                self.index[key].state = "rolled_back"
             elif event.outcome != "skipped":
-                index[key].state = "applied"
-    live = {h: [a for a in stack if a.state != "rolled_back"] for h, stack in stacks.items()}
-    return JournalState(applied={h: v for h, v in live.items() if v}, finished=finished, changed=changed)
+                self.index[key].state = "applied"
 
 
 def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> RunResult:
@@ -80,7 +105,7 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     schedule = engine.schedule
     if not any(e.kind == EventKind.RUN_START for e in events):
         # killed at or before its first line: begin the journal the run never began
-        engine.emit(Event(EventKind.RUN_START, data=engine._run_start_data()), sync=True)
+        engine.journal_start()
     state = state_from_events(events, schedule)
     engine.emit(
         Event(
@@ -98,38 +123,11 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     end_dead_run_processes(engine, events)
     if not state.changed:
         cause = Cause("recover", "the run died before any step started: nothing was applied")
-        return engine._end_unchanged(Outcome.NOT_STARTED, cause)
+        return engine.end_unchanged(Outcome.NOT_STARTED, cause)
     for host, stack in state.applied.items():
         for item in stack:
-            if item.state not in ("in_doubt", "rollback_in_doubt"):
-                continue
-            if item.state == "rollback_in_doubt":
-                summary = "its rollback started but never finished: running the rollback again"
-                outcome = "rollback_in_doubt"
-            elif not item.step.verify:
-                summary = "started but never finished, and it has no verify: treated as applied"
-                outcome = "assumed_applied"
-            else:
-                verdicts = [engine.runner.run(check, engine.executor(host)) for check in item.step.verify]
-                if all(v.ok for v in verdicts):
-                    summary = "started but never finished; its verify passes: it applied"
-                    outcome = "applied"
-                else:
-                    failed = next(v for v in verdicts if not v.ok)
-                    summary = f"started but never finished; verify fails ({failed.summary}): it may be partly applied"
-                    outcome = "partly_applied"
-            engine.emit(
-                Event(
-                    EventKind.IN_DOUBT,
-                    wave=item.wave,
-                    host=host,
-                    step=item.step.name,
-                    outcome=outcome,
-                    data={"summary": summary},
-                ),
-                sync=True,
-            )
-            item.state = "applied"
+            if item.state in ("in_doubt", "rollback_in_doubt"):
+                _settle_in_doubt(engine, host, item)
     if state.finished == Outcome.ROLLBACK_FAILED:
         cause = Cause("recover", "the run's rollback failed; retrying the rollbacks that remain")
     else:
@@ -138,3 +136,36 @@ def recover_run(engine: Engine, events: Sequence[Event], *, operator: str) -> Ru
     if result.outcome == Outcome.ROLLED_BACK and not state.applied:
         return RunResult(Outcome.ROLLED_BACK, cause=cause, guards_green=result.guards_green)
     return result
+
+
+def _settle_in_doubt(engine: Engine, host: str, item: AppliedStep) -> None:
+    """Journal what a step in doubt did (its verify decides); from here on it counts as applied."""
+    summary, outcome = _judge_in_doubt(engine, host, item)
+    engine.emit(
+        Event(
+            EventKind.IN_DOUBT,
+            wave=item.wave,
+            host=host,
+            step=item.step.name,
+            outcome=outcome,
+            data={"summary": summary},
+        ),
+        sync=True,
+    )
+    item.state = "applied"
+
+
+def _judge_in_doubt(engine: Engine, host: str, item: AppliedStep) -> tuple[str, str]:
+    """(summary, outcome) for a step whose command, or whose rollback, started but never finished."""
+    if item.state == "rollback_in_doubt":
+        return "its rollback started but never finished: running the rollback again", "rollback_in_doubt"
+    if not item.step.verify:
+        return "started but never finished, and it has no verify: treated as applied", "assumed_applied"
+    verdicts = [engine.runner.run(check, engine.executor(host)) for check in item.step.verify]
+    if all(v.ok for v in verdicts):
+        return "started but never finished; its verify passes: it applied", "applied"
+    failed = next(v for v in verdicts if not v.ok)
+    return (
+        f"started but never finished; verify fails ({failed.summary}): it may be partly applied",
+        "partly_applied",
+    )

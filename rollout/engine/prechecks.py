@@ -1,0 +1,76 @@
+"""Pre-checks: read-only questions on every host before anything changes.
+
+Nothing may change on a fleet that is not ready: every SSH host must be reachable (host
+key checked, `true` runs) and every pre-check must pass, or the run is refused with
+nothing changed. A pre-check cut short by an interrupt did not fail.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rollout.engine.core import EngineCore
+from rollout.engine.prepare import HostPlan
+from rollout.event import Event, EventKind
+
+SSH_CHECK = "ssh connection"
+
+
+class PrecheckMixin(EngineCore):
+    """The Engine's pre-checks, for a run and for a dry run."""
+
+    def run_prechecks(self) -> list[tuple[str, str, str]]:
+        """Only the read-only pre-checks, on every host (for dry runs): (host, check, why) of each failure."""
+        try:
+            return self._prechecks()
+        finally:
+            self.close()
+
+    def _prechecks(self) -> list[tuple[str, str, str]]:
+        hosts = list(self.schedule.hosts.values())
+        if not any(h.prechecks or h.target.connection == "ssh" for h in hosts):
+            return []
+        failed: list[tuple[str, str, str]] = []
+        lock = threading.Lock()
+
+        def check_host(host: HostPlan) -> None:
+            if host.target.connection == "ssh" and not self._reachable(host):
+                with lock:
+                    failed.append((host.name, SSH_CHECK, self._unreachable[host.name]))
+                return
+            for check in host.prechecks:
+                if self._abort.is_set():
+                    return
+                verdict = self.runner.run(check, self.executor(host.name), yield_to_abort=True)
+                self._emit(
+                    Event(
+                        EventKind.PRECHECK,
+                        host=host.name,
+                        outcome="ok" if verdict.ok else "failed",
+                        data={"check": check.label, **verdict.to_dict()},
+                    )
+                )
+                if not verdict.ok:
+                    with lock:
+                        failed.append((host.name, check.label, verdict.summary))
+
+        self._pool.run(check_host, hosts)
+        order = {h.name: i for i, h in enumerate(hosts)}
+        failed.sort(key=lambda f: order[f[0]])
+        return failed
+
+    def _reachable(self, host: HostPlan) -> bool:
+        """Connect (host key checked) and run `true`: nothing may change on a fleet we cannot fully reach."""
+        result = self._execute(self.executor(host.name), "true", host.target.connect_timeout + 5.0)
+        summary = "connected" if result.ok else (result.stderr.strip() or f"`true` exited {result.exit_code}")
+        self._emit(
+            Event(
+                EventKind.PRECHECK,
+                host=host.name,
+                outcome="ok" if result.ok else "failed",
+                data={"check": SSH_CHECK, "ok": result.ok, "summary": summary, "elapsed": round(result.duration, 3)},
+            )
+        )
+        if not result.ok:
+            self._unreachable[host.name] = summary
+        return result.ok
