@@ -179,7 +179,7 @@ def parse_object(raw: bytes) -> dict[str, Any]:
 
 
 def record_from_object(obj: dict[str, Any], raw: bytes, line_no: int) -> Record:
-    """The record of line `line_no`, whose bytes `raw` parsed to `obj`; JournalCorrupt if its keys or types are wrong."""
+    """The record of line `line_no` (bytes `raw`, parsed to `obj`); JournalCorrupt on wrong keys or types."""
     keys = tuple(obj)
     if keys != JOURNAL_KEYS:
         missing = [k for k in JOURNAL_KEYS if k not in obj]

@@ -139,7 +139,8 @@ def _other_head(reading: JournalReading, expect_head: str | None) -> _Distrust |
     if earlier is not None:
         return _Distrust(
             earlier + 1,
-            f"head is line {count}, but the expected head is line {earlier}: lines {earlier + 1}-{count} were added after it",
+            f"head is line {count}, but the expected head is line {earlier}: "
+            f"lines {earlier + 1}-{count} were added after it",
         )
     return _Distrust(
         count,
