@@ -209,7 +209,7 @@ def test_sync_append_is_fsynced_before_it_returns(journal_path: Path, monkeypatc
             synced.append(journal_path.stat().st_size)
         real_fsync(fd)
 
-    monkeypatch.setattr("rollout.journal.os.fsync", recording_fsync)
+    monkeypatch.setattr("rollout.journal.writer.os.fsync", recording_fsync)
     journal.append(start_event())
     assert synced == []
     journal.append(Event("step.intent", host="web-1", step="upgrade"), sync=True)
@@ -224,7 +224,7 @@ def test_write_error_raises_and_refuses_further_appends(journal_path: Path, monk
     def disk_full(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("rollout.journal.os.write", disk_full)
+    monkeypatch.setattr("rollout.journal.writer.os.write", disk_full)
     with pytest.raises(JournalError, match="No space left"):
         journal.append(Event("step.intent"), sync=True)
     monkeypatch.undo()
@@ -241,7 +241,7 @@ def test_fsync_error_raises_and_refuses_further_appends(journal_path: Path, monk
     def io_error(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr("rollout.journal.os.fsync", io_error)
+    monkeypatch.setattr("rollout.journal.writer.os.fsync", io_error)
     with pytest.raises(JournalError, match="fsync"):
         journal.append(Event("step.intent"), sync=True)
     monkeypatch.undo()
@@ -254,7 +254,7 @@ def test_short_write_is_a_failure(journal_path: Path, monkeypatch: pytest.Monkey
     journal = Journal.create(journal_path, run_id=RUN_ID, plan_digest=DIGEST)
     journal.append(start_event())
     real_write = os.write
-    monkeypatch.setattr("rollout.journal.os.write", lambda fd, data: real_write(fd, data[:10]))
+    monkeypatch.setattr("rollout.journal.writer.os.write", lambda fd, data: real_write(fd, data[:10]))
     with pytest.raises(JournalError, match="short write"):
         journal.append(Event("step.intent"))
     monkeypatch.undo()
