@@ -276,11 +276,16 @@ def test_a_journal_failure_during_the_rollback_does_not_stop_the_other_hosts_rol
     assert result.outcome == Outcome.JOURNAL_FAILED
     assert result.exit_status == ExitStatus.JOURNAL
     assert result.remaining == {}
-    assert len(result.rolled_back) == 9
+    # h3 fails its third step; how far h1 and h2 got by then is the scheduler's business, so
+    # the count is of the steps that started, every one of which must be rolled back
+    started = {key for key in fleet.log if key[1].startswith("do-")}
+    assert {("h3", "do-a"), ("h3", "do-b"), ("h3", "do-c")} <= started
+    assert len({host for host, _ in started}) > 1, "another host's rollbacks come after the failure"
+    assert len(result.rolled_back) == len(started)
     assert "No space left" in (result.journal_error or "")
     # together, the journal and the side record hold every rollback result
     results = [e for e in journal.events + side.events if e.kind == EventKind.ROLLBACK_RESULT]
-    assert len(results) == 9
+    assert len(results) == len(started)
     assert side.events[-1].kind == EventKind.RUN_END
     assert side.events[-1].outcome == Outcome.JOURNAL_FAILED
 
