@@ -17,8 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 
 from rollout.errors import ExecutorError
 from rollout.executors.base import (
@@ -31,20 +30,13 @@ from rollout.executors.base import (
     Target,
     validate_env,
 )
+from rollout.executors.faults import READ_FAULTS, SPAWN_FAULTS, WRITE_FAULTS, translate
+from rollout.executors.runner import Process, run_process
 
 _READ_CHUNK = 64 * 1024
-#: After the shell exits, how long to keep reading pipes still held by its background
-#: children before giving up on them (a daemon started without redirecting output
-#: would otherwise hold the step until its timeout).
-_LINGER = 0.25
 _HAS_PIDFD = hasattr(os, "pidfd_open")
-
-
-@dataclass(eq=False)
-class _InFlight:
-    proc: subprocess.Popen[bytes]
-    cancelled: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+#: Without a pidfd the shell's exit is no poll event: look for it this often.
+_EXIT_POLL = 0.01
 
 
 def _leader_exited(pid: int) -> bool:
@@ -76,6 +68,127 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     _signal_group(proc.pid, signal.SIGKILL)
 
 
+class _LocalProcess(Process):
+    """One /bin/sh child: pipes and a pidfd multiplexed with poll(2), its group killed on close."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        *,
+        stdin: bytes | None,
+        output_cap: int,
+        on_start: OnStart | None,
+        forget: Callable[[_LocalProcess], None],
+    ) -> None:
+        super().__init__(output_cap)
+        self.proc = proc
+        self._on_start = on_start
+        self._forget = forget
+        self._poller = select.poll()
+        self._tails: dict[int, OutputTail] = {}
+        self._pending = memoryview(stdin or b"")
+        self._stdin_fd = -1
+        self._pidfd = -1
+        self._exited = False
+
+    def begin(self) -> None:
+        """Report the group (the shell's pid: start_new_session) and register the pipes."""
+        proc = self.proc
+        if self._on_start is not None:
+            self._on_start(proc.pid)
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self._tails = {proc.stdout.fileno(): self.out, proc.stderr.fileno(): self.err}
+        for fd in self._tails:
+            self._poller.register(fd, select.POLLIN)
+        # A pidfd turns "the shell exited" into a poll event: no polling interval, so
+        # the common case costs nothing beyond the read of the final EOFs.
+        self._pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
+        if self._pidfd >= 0:
+            self._poller.register(self._pidfd, select.POLLIN)
+        if proc.stdin is not None:
+            if self._pending:
+                self._stdin_fd = proc.stdin.fileno()
+                os.set_blocking(self._stdin_fd, False)
+                self._poller.register(self._stdin_fd, select.POLLOUT)
+            else:
+                proc.stdin.close()
+
+    def transfer(self, wait: float | None) -> None:
+        """Handle the poll events: the shell's exit, stdin writability, output."""
+        for fd, _event in self._poller.poll(None if wait is None else wait * 1000):
+            if fd == self._pidfd:
+                self._poller.unregister(fd)
+                self._exited = True
+            elif fd == self._stdin_fd:
+                self._write_stdin()
+            else:
+                chunk = os.read(fd, _READ_CHUNK)
+                if chunk:
+                    self._tails[fd].feed(chunk)
+                else:
+                    self._poller.unregister(fd)
+                    del self._tails[fd]
+
+    def _write_stdin(self) -> None:
+        try:
+            sent = os.write(self._stdin_fd, self._pending[:_READ_CHUNK])
+        except BrokenPipeError:
+            sent = len(self._pending)  # the command stopped reading: its choice
+        self._pending = self._pending[sent:]
+        if not self._pending:
+            self._poller.unregister(self._stdin_fd)
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
+            self._stdin_fd = -1
+
+    def exited(self) -> bool:
+        """True once the shell has exited; without a pidfd (or once cancelled) ask waitid."""
+        if not self._exited and (self._pidfd < 0 or self.cancelled):
+            self._exited = _leader_exited(self.proc.pid)
+        return self._exited
+
+    def drained(self) -> bool:
+        """True once both pipes reached EOF."""
+        return not self._tails
+
+    def kill(self) -> None:
+        """TERM, grace, KILL the command's group; the shell is then as good as gone."""
+        _kill_group(self.proc)
+        self._exited = True
+
+    def poll_interval(self) -> float | None:
+        """Without a pidfd, look for the shell's exit now and then."""
+        return _EXIT_POLL if self._pidfd < 0 and not self._exited else None
+
+    def finish(self, *, killed: bool) -> None:
+        """Nothing to collect yet: the exit status is read when close() reaps the shell."""
+
+    def exit_code(self) -> int | None:
+        """The shell's exit code; None when a signal ended it."""
+        code = self.proc.returncode
+        return None if code is None or code < 0 else code
+
+    def close(self) -> None:
+        """Close the pipes, deregister, kill what is left in the group, then reap the shell."""
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        # Deregister before reaping, so cancel() never signals a group whose leader pid
+        # may already have been reused.
+        self._forget(self)
+        # On every exit, normal or not: what the command left in its group (background
+        # children) must not outlive the step. The leader is still unreaped here, so
+        # its pid, and with it the group id, cannot belong to anyone else yet.
+        _kill_group(self.proc)
+        self.proc.wait()
+
+
 class LocalExecutor:
     """Runs commands with /bin/sh on this machine."""
 
@@ -83,7 +196,7 @@ class LocalExecutor:
         self.target = target
         self.output_cap = output_cap
         self._lock = threading.Lock()
-        self._in_flight: set[_InFlight] = set()
+        self._in_flight: set[_LocalProcess] = set()
         self._closed = False
 
     def run(
@@ -102,7 +215,7 @@ class LocalExecutor:
         # started doing things (a loaded machine may run it long before this thread is
         # scheduled again) must find it in flight.
         with self._lock:
-            try:
+            with translate(SPAWN_FAULTS, host=self.target.name):
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", command],
                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -111,129 +224,18 @@ class LocalExecutor:
                     env={**os.environ, **extra} if extra else None,
                     start_new_session=True,
                 )
-            except OSError as exc:
-                raise ExecutorError(f"cannot start /bin/sh: {exc}", host=self.target.name) from exc
-            entry = _InFlight(proc)
+            entry = _LocalProcess(proc, stdin=stdin, output_cap=self.output_cap, on_start=on_start, forget=self._forget)
             self._in_flight.add(entry)
-        try:
-            if on_start is not None:
-                on_start(proc.pid)  # start_new_session: the shell's pid is the group id
-            out, err, timed_out = self._communicate(proc, entry, stdin, timeout, started)
-        finally:
-            # Deregister before reaping, under the lock, so cancel() never signals a
-            # group whose leader pid may already have been reused.
-            with self._lock:
-                self._in_flight.discard(entry)
-            # On every exit, normal or not: what the command left in its group (background
-            # children) must not outlive the step. The leader is still unreaped here, so
-            # its pid, and with it the group id, cannot belong to anyone else yet.
-            _kill_group(proc)
-            proc.wait()
-        code = proc.returncode
-        killed = timed_out or entry.cancelled
-        return CommandResult(
-            host=self.target.name,
-            command=command,
-            exit_code=None if killed or code < 0 else code,
-            stdout=out.text(),
-            stderr=err.text(),
-            duration=time.monotonic() - started,
-            timed_out=timed_out,
-            cancelled=entry.cancelled and not timed_out,
-            truncated=out.truncated or err.truncated,
-        )
+        return run_process(entry, host=self.target.name, command=command, timeout=timeout, started=started)
 
-    def _communicate(
-        self,
-        proc: subprocess.Popen[bytes],
-        entry: _InFlight,
-        stdin: bytes | None,
-        timeout: float | None,
-        started: float,
-    ) -> tuple[OutputTail, OutputTail, bool]:
-        """Pump stdin/stdout/stderr in this thread until exit, timeout or cancel."""
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        tails = {
-            proc.stdout.fileno(): OutputTail(self.output_cap),
-            proc.stderr.fileno(): OutputTail(self.output_cap),
-        }
-        out, err = tails[proc.stdout.fileno()], tails[proc.stderr.fileno()]
-        poller = select.poll()
-        for fd in tails:
-            poller.register(fd, select.POLLIN)
-        # A pidfd turns "the shell exited" into a poll event: no polling interval, so
-        # the common case costs nothing beyond the read of the final EOFs.
-        pidfd = os.pidfd_open(proc.pid) if _HAS_PIDFD else -1
-        if pidfd >= 0:
-            poller.register(pidfd, select.POLLIN)
-        pending = memoryview(stdin or b"")
-        stdin_fd = -1
-        if proc.stdin is not None:
-            stdin_fd = proc.stdin.fileno()
-            if pending:
-                os.set_blocking(stdin_fd, False)
-                poller.register(stdin_fd, select.POLLOUT)
-            else:
-                proc.stdin.close()
-                stdin_fd = -1
-        deadline = None if timeout is None else started + timeout
-        exited_at: float | None = None
-        timed_out = False
-        try:
-            # Until both pipes hit EOF *and* the shell has exited: a shell that closed
-            # its output may still be running (and must then still obey the timeout).
-            while tails or exited_at is None:
-                now = time.monotonic()
-                if exited_at is None and (pidfd < 0 or entry.cancelled):
-                    exited_at = now if _leader_exited(proc.pid) else None
-                if exited_at is not None and (not tails or now - exited_at >= _LINGER):
-                    break  # background children hold the pipes; stop waiting for them
-                if deadline is not None and now >= deadline and exited_at is None:
-                    timed_out = True
-                    _kill_group(proc)
-                    exited_at = time.monotonic()
-                    continue
-                wait = _next_wake(now, deadline, exited_at, polling=pidfd < 0)
-                for fd, _event in poller.poll(None if wait is None else wait * 1000):
-                    if fd == pidfd:
-                        poller.unregister(pidfd)
-                        exited_at = time.monotonic()
-                    elif fd == stdin_fd:
-                        try:
-                            sent = os.write(stdin_fd, pending[:_READ_CHUNK])
-                        except BrokenPipeError:
-                            sent = len(pending)  # the command stopped reading: its choice
-                        pending = pending[sent:]
-                        if not pending:
-                            poller.unregister(stdin_fd)
-                            assert proc.stdin is not None
-                            with contextlib.suppress(BrokenPipeError):
-                                proc.stdin.close()
-                            stdin_fd = -1
-                    else:
-                        chunk = os.read(fd, _READ_CHUNK)
-                        if chunk:
-                            tails[fd].feed(chunk)
-                        else:
-                            poller.unregister(fd)
-                            del tails[fd]
-        finally:
-            if pidfd >= 0:
-                os.close(pidfd)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-        return out, err, timed_out
+    def _forget(self, entry: _LocalProcess) -> None:
+        with self._lock:
+            self._in_flight.discard(entry)
 
     def read_file(self, path: str, *, max_bytes: int = DEFAULT_READ_LIMIT) -> bytes:
         """Return the content of a local file; refuse files over `max_bytes`."""
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise ExecutorError(f"cannot read {path}: {exc.strerror or exc}", host=self.target.name) from exc
+        with translate(READ_FAULTS, host=self.target.name, path=path), open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise ExecutorError(f"{path} is larger than {max_bytes} bytes", host=self.target.name)
         return data
@@ -245,27 +247,28 @@ class LocalExecutor:
             directory,
             f".{os.path.basename(path)}.rollout-{os.getpid()}-{threading.get_ident()}.tmp",
         )
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with translate(WRITE_FAULTS, host=self.target.name, path=path):
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                # Explicit chmod: the umask must not weaken or change the requested mode.
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise ExecutorError(f"cannot write {path}: {exc.strerror or exc}", host=self.target.name) from exc
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    # Explicit chmod: the umask must not weaken or change the requested mode.
+                    os.fchmod(fd, mode)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+                dir_fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
 
     def cancel(self) -> None:
         """Kill every in-flight command's process group (SIGTERM, grace, SIGKILL)."""
@@ -286,15 +289,3 @@ class LocalExecutor:
         if not self._closed:
             self._closed = True
             self.cancel()
-
-
-def _next_wake(now: float, deadline: float | None, exited_at: float | None, *, polling: bool) -> float | None:
-    """Seconds until the loop must look again without an event, or None for never."""
-    waits = []
-    if deadline is not None and exited_at is None:
-        waits.append(deadline - now)
-    if exited_at is not None:
-        waits.append(exited_at + _LINGER - now)
-    if polling and exited_at is None:
-        waits.append(0.01)  # no pidfd on this platform: look for the exit now and then
-    return max(0.0, min(waits)) if waits else None
