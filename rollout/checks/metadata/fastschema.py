@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from itertools import count
-from typing import Any
+from typing import Any, Final
 
 from rollout.checks.metadata.keypath import _MISSING
 from rollout.checks.metadata.values import _hashable, _is_number, _same
@@ -141,54 +141,82 @@ class _FastCompiler:
         return name
 
     def keyword(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
-        if keyword == "$ref" and isinstance(arg, str):
-            return [f"if not {self.ref(arg)}(v): return False"]
-        if keyword == "type":
-            names = [arg] if isinstance(arg, str) else list(arg)
-            return [f"if {' and '.join(_NOT_TYPE[n] for n in names)}: return False"]
-        if keyword in ("enum", "const"):
-            options = list(arg) if keyword == "enum" else [arg]
-            if all(type(o) is str for o in options):
-                strings = self.const(frozenset(options))
-                return [f"if not (isinstance(v, str) and v in {strings}): return False"]
-            keys, opts = self.const({_hashable(o) for o in options}), self.const(options)
-            return [
-                f"if _hashable(v) not in {keys}: return False",
-                f"if not any(_same(v, o) for o in {opts}): return False",
-            ]
-        if keyword == "required":
-            return [f"if {_IS_OBJECT} and not {self.const(frozenset(arg))}.issubset(v): return False"]
-        if keyword == "properties":
-            lines = [f"if {_IS_OBJECT}:"]
-            for prop, sub in arg.items():
-                fn = self.node(sub)
-                lines.append(f"    x = v.get({prop!r}, {self.const(_MISSING)})")
-                lines.append(f"    if x is not {self.const(_MISSING)} and not {fn}(x): return False")
-            return lines if len(lines) > 1 else []
-        if keyword == "additionalProperties":
-            if "patternProperties" in schema:
-                raise _Unsupported(keyword)
-            known = self.const(frozenset(schema.get("properties", {})))
-            if arg is False:
-                return [f"if {_IS_OBJECT} and not {known}.issuperset(v): return False"]
-            fn = self.node(arg)
-            return [
-                f"if {_IS_OBJECT}:",
-                "    for k, x in v.items():",
-                f"        if k not in {known} and not {fn}(x): return False",
-            ]
-        if keyword == "items" and "prefixItems" not in schema:
-            fn = self.node(arg)
-            return [f"if {_IS_ARRAY}:", "    for x in v:", f"        if not {fn}(x): return False"]
+        """The lines that test one keyword of a schema node; `_Unsupported` outside the subset."""
         if keyword in _SIZES and isinstance(arg, int):
             applies, fails = _SIZES[keyword]
             return [f"if {applies} and len(v) {fails} {arg}: return False"]
-        if keyword == "pattern":
-            regex = self.const(re.compile(arg))
-            return [f"if {_IS_STRING} and {regex}.search(v) is None: return False"]
         if keyword in _NUMERIC and _is_number(arg):
             return [f"if {_IS_NUMBER} and not (v {_NUMERIC[keyword]} {self.const(arg)}): return False"]
-        raise _Unsupported(keyword)
+        compile_keyword = self._KEYWORDS.get(keyword)
+        if compile_keyword is None:
+            raise _Unsupported(keyword)
+        return compile_keyword(self, keyword, arg, schema)
+
+    def _ref(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        if not isinstance(arg, str):
+            raise _Unsupported(keyword)
+        return [f"if not {self.ref(arg)}(v): return False"]
+
+    def _type(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        names = [arg] if isinstance(arg, str) else list(arg)
+        return [f"if {' and '.join(_NOT_TYPE[n] for n in names)}: return False"]
+
+    def _enum(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        options = list(arg) if keyword == "enum" else [arg]
+        if all(type(o) is str for o in options):
+            strings = self.const(frozenset(options))
+            return [f"if not (isinstance(v, str) and v in {strings}): return False"]
+        keys, opts = self.const({_hashable(o) for o in options}), self.const(options)
+        return [
+            f"if _hashable(v) not in {keys}: return False",
+            f"if not any(_same(v, o) for o in {opts}): return False",
+        ]
+
+    def _required(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        return [f"if {_IS_OBJECT} and not {self.const(frozenset(arg))}.issubset(v): return False"]
+
+    def _properties(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        lines = [f"if {_IS_OBJECT}:"]
+        for prop, sub in arg.items():
+            fn = self.node(sub)
+            lines.append(f"    x = v.get({prop!r}, {self.const(_MISSING)})")
+            lines.append(f"    if x is not {self.const(_MISSING)} and not {fn}(x): return False")
+        return lines if len(lines) > 1 else []
+
+    def _additional_properties(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        if "patternProperties" in schema:
+            raise _Unsupported(keyword)
+        known = self.const(frozenset(schema.get("properties", {})))
+        if arg is False:
+            return [f"if {_IS_OBJECT} and not {known}.issuperset(v): return False"]
+        fn = self.node(arg)
+        return [
+            f"if {_IS_OBJECT}:",
+            "    for k, x in v.items():",
+            f"        if k not in {known} and not {fn}(x): return False",
+        ]
+
+    def _items(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        if "prefixItems" in schema:
+            raise _Unsupported(keyword)
+        fn = self.node(arg)
+        return [f"if {_IS_ARRAY}:", "    for x in v:", f"        if not {fn}(x): return False"]
+
+    def _pattern(self, keyword: str, arg: Any, schema: Mapping[str, Any]) -> list[str]:
+        regex = self.const(re.compile(arg))
+        return [f"if {_IS_STRING} and {regex}.search(v) is None: return False"]
+
+    _KEYWORDS: Final[Mapping[str, Callable[[_FastCompiler, str, Any, Mapping[str, Any]], list[str]]]] = {
+        "$ref": _ref,
+        "type": _type,
+        "enum": _enum,
+        "const": _enum,
+        "required": _required,
+        "properties": _properties,
+        "additionalProperties": _additional_properties,
+        "items": _items,
+        "pattern": _pattern,
+    }
 
 
 def compile_fast_check(schema: Mapping[str, Any] | bool) -> Check | None:
