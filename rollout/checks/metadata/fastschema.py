@@ -72,6 +72,19 @@ _SIZES = {
 }
 
 
+def _schema_equal(a: Any, b: Any) -> bool:
+    """Equality as JSON Schema's enum and const see it: True is not 1, but 1 is 1.0, at any depth."""
+    if isinstance(a, str) or isinstance(b, str):
+        return bool(a == b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_schema_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_schema_equal(a[k], b[k]) for k in a)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
+
+
 class _Unsupported(Exception):
     """The schema uses a keyword the fast checker does not implement."""
 
@@ -86,7 +99,12 @@ class _FastCompiler:
 
     def __init__(self, root: Mapping[str, Any] | bool) -> None:
         self.root = root
-        self.consts: dict[str, Any] = {"_hashable": _hashable, "_same": _same, "_M": _MISSING}
+        self.consts: dict[str, Any] = {
+            "_hashable": _hashable,
+            "_same": _same,
+            "_schema_equal": _schema_equal,
+            "_M": _MISSING,
+        }
         self.functions: list[str] = []
         self.names = count()
         self.by_ref: dict[str, str] = {}
@@ -166,6 +184,9 @@ class _FastCompiler:
         if all(type(o) is str for o in options):
             strings = self.const(frozenset(options))
             return [f"if not (isinstance(v, str) and v in {strings}): return False"]
+        if any(isinstance(o, list | dict) for o in options):
+            # Inside containers 1 equals 1.0 for JSON Schema but not as canonical JSON text.
+            return [f"if not any(_schema_equal(v, o) for o in {self.const(options)}): return False"]
         keys, opts = self.const({_hashable(o) for o in options}), self.const(options)
         return [
             f"if _hashable(v) not in {keys}: return False",
