@@ -142,21 +142,25 @@ def _instance(draw: st.DrawFn, schema: Any, root: Any, depth: int = 0) -> Any:
     kind = schema.get("type")
     kind = draw(st.sampled_from(kind)) if isinstance(kind, list) else kind
     if kind == "object" or "properties" in schema:
-        names = set(schema.get("properties", {})) | set(schema.get("required", []))
-        chosen = [n for n in sorted(names) if n in schema.get("required", []) or draw(st.booleans())]
-        return {n: _instance(draw, schema.get("properties", {}).get(n, True), root, depth + 1) for n in chosen}
+        return _object_instance(draw, schema, root, depth)
     if kind == "array" or "items" in schema:
         count = draw(st.integers(schema.get("minItems", 0), max(schema.get("minItems", 0), 3)))
         return [_instance(draw, schema.get("items", True), root, depth + 1) for _ in range(count)]
+    return draw(_scalar_instances(kind, schema))
+
+
+def _object_instance(draw: st.DrawFn, schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any]:
+    properties, required = schema.get("properties", {}), schema.get("required", [])
+    chosen = [n for n in sorted(set(properties) | set(required)) if n in required or draw(st.booleans())]
+    return {n: _instance(draw, properties.get(n, True), root, depth + 1) for n in chosen}
+
+
+def _scalar_instances(kind: str | None, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "string" or "pattern" in schema or "minLength" in schema:
-        return draw(st.sampled_from(["a", "ab9", "x", "xx", "b", "a1", ""]))
+        return st.sampled_from(["a", "ab9", "x", "xx", "b", "a1", ""])
     if kind in ("number", "integer") or "minimum" in schema or "maximum" in schema:
-        return draw(NUMBERS)
-    if kind == "boolean":
-        return draw(st.booleans())
-    if kind == "null":
-        return None
-    return draw(JSON_VALUES)
+        return NUMBERS
+    return {"boolean": st.booleans(), "null": st.none()}.get(kind or "", JSON_VALUES)
 
 
 def _mutate(draw: st.DrawFn, value: Any) -> Any:
