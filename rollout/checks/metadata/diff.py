@@ -23,7 +23,7 @@ from rollout.checks.metadata.keypath import (
     parse_key_path,
     unmatched_path_error,
 )
-from rollout.checks.metadata.values import _gc_paused, _hashable, _same, _show
+from rollout.checks.metadata.values import _hashable, _same, _show
 from rollout.checks.metadata.violation import MAX_SHOWN, Violation
 
 
@@ -193,7 +193,6 @@ def _identical(a: Any, b: Any) -> bool:
     return _same(a, b)
 
 
-@_gc_paused()
 def diff_records(old: Any, new: Any, key: str) -> RecordDiff:
     """Match the records at the list part of `key` by its field, and classify each one."""
     list_tokens, key_tokens = _split_record_path(key)

@@ -26,7 +26,7 @@ from rollout.checks.metadata.keypath import (
     _where,
     parse_key_path,
 )
-from rollout.checks.metadata.values import _gc_paused, _hashable, _is_number, _same, _show
+from rollout.checks.metadata.values import _hashable, _is_number, _same, _show
 from rollout.checks.metadata.violation import Violation
 from rollout.errors import MetadataError
 
@@ -185,7 +185,6 @@ def _show_opt(value: Any) -> str:
     return "(absent)" if value is _MISSING else _show(value)
 
 
-@_gc_paused()
 def check_invariants(doc: Any, inv: Invariants, baseline: Any = None, *, key: str | None = None) -> list[Violation]:
     """All invariant violations; `immutable` needs a baseline and matches records by `key`."""
     out: list[Violation] = []

@@ -10,7 +10,6 @@ from rollout.checks.metadata.diff import Budget, RecordDiff, check_budget, diff_
 from rollout.checks.metadata.document import document_digest
 from rollout.checks.metadata.invariants import Invariants, check_invariants
 from rollout.checks.metadata.schema import CompiledSchema, schema_violations
-from rollout.checks.metadata.values import _gc_paused
 from rollout.checks.metadata.violation import MAX_SHOWN, Violation
 from rollout.errors import MetadataError
 
@@ -60,7 +59,6 @@ class MetadataReport:
         }
 
 
-@_gc_paused()
 def validate_document(
     doc: Any,
     *,

@@ -12,7 +12,6 @@ from typing import Any
 
 from rollout.checks.metadata.fastschema import compile_fast_check
 from rollout.checks.metadata.keypath import Loc, json_path
-from rollout.checks.metadata.values import _gc_paused
 from rollout.checks.metadata.violation import MAX_MESSAGE_CHARS, Violation
 from rollout.errors import MetadataError
 
@@ -40,7 +39,6 @@ class CompiledSchema:
         self._validator: Any = Draft202012Validator(schema)
         self._fast = compile_fast_check(schema)
 
-    @_gc_paused()
     def violations(self, doc: Any) -> list[Violation]:
         """All schema violations of `doc`, sorted by path then keyword."""
         if self._fast is not None and self._fast(doc):

@@ -6,10 +6,7 @@ values taken from a document goes through these helpers.
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 
@@ -36,16 +33,3 @@ def _show(value: Any) -> str:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while checking: the checks allocate millions of short-lived
-    tuples, and each collection re-scans every record of a large document (3x slower)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
