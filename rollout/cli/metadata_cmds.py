@@ -51,7 +51,8 @@ def gc_paused() -> Iterator[None]:
 
     Parsing and checking a large document allocate millions of container objects that all
     live until the command ends, and each generation-2 collection re-scans every one of
-    them: several times slower at 100k records (bench/README.md, "Metadata validation").
+    them: the check takes about 1.7x the CPU with it on, at 10k and 100k records
+    (bench/README.md, "who pauses the garbage collector").
     The validation library leaves the process-wide collector alone; a command, which owns
     its process, decides.
     """
