@@ -7,21 +7,26 @@ registering them must cost `rollout --help` nothing.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from rollout.cli.app import app, fail, terminal
+from rollout.cli.metadata_output import diff_lines, junit_cases, print_report
 
 if TYPE_CHECKING:
-    from rollout.checks.metadata import MetadataReport, RecordDiff, Violation
+    from rollout.checks.metadata import Budget, Invariants, MetadataReport
     from rollout.errors import RolloutError
 
-# Only typer and the app are imported here: the validation library (and jsonschema) and
-# even the error classes are imported inside the commands, so `rollout --help` stays lean.
+# Only typer, the app and the output module (itself plain text on the app) are imported here:
+# the validation library (and jsonschema) and even the error classes are imported inside
+# the commands, so `rollout --help` stays lean.
 
 metadata_app = typer.Typer(
     name="metadata",
@@ -38,6 +43,26 @@ _COUNT_OR_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*\Z")
 
 
 # --------------------------------------------------------------------------- input
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a while, as the owner of the process may.
+
+    Parsing and checking a large document allocate millions of container objects that all
+    live until the command ends, and each generation-2 collection re-scans every one of
+    them: the check takes about 1.7x the CPU with it on, at 10k and 100k records
+    (bench/README.md, "who pauses the garbage collector").
+    The validation library leaves the process-wide collector alone; a command, which owns
+    its process, decides.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _usage(message: str) -> RolloutError:
@@ -141,62 +166,6 @@ def parse_reference(value: str) -> tuple[str, str]:
     return source.strip(), target.strip()
 
 
-# --------------------------------------------------------------------------- output
-
-
-def _kind(v: Violation) -> str:
-    """Which check found a violation: schema, invariants or budget."""
-    if v.rule.startswith("schema"):
-        return "schema"
-    if v.rule in ("budget", "key"):
-        return "budget"
-    return "invariants"
-
-
-def _line(v: Violation) -> str:
-    return f"{v.path}: {v.message} [{v.rule}]"
-
-
-def _print_report(report: MetadataReport, baseline: Path | None) -> None:
-    out = terminal.print
-    checks = ", ".join(report.checks) or "parse only"
-    if report.ok:
-        out(f"ok       {report.name}: valid ({checks}); digest {report.digest[:12]}")
-    else:
-        total = len(report.violations)
-        rules = ", ".join(f"{rule} {n}" for rule, n in report.by_rule().items())
-        out(f"invalid  {report.name}: {total} violation{'s' if total != 1 else ''} ({rules})")
-        for v in report.shown:
-            out(f"  {_line(v)}")
-        if total > len(report.shown):
-            out(f"  ... {total - len(report.shown)} more not shown ({total} violations in all)")
-    if report.diff is not None and baseline is not None:
-        s = report.diff.summary()
-        out(
-            f"  against {baseline} by {s['key']}: {s['added']} added, {s['removed']} removed, "
-            f"{s['changed']} changed, {s['unchanged']} unchanged ({s['old_total']} -> {s['new_total']} records)"
-        )
-
-
-def _junit_cases(report: MetadataReport, classname: str) -> list[Any]:
-    from rollout.cli.junit import Case
-
-    kinds = list(report.checks)
-    kinds += sorted({_kind(v) for v in report.violations} - set(kinds))
-    cases = []
-    for kind in kinds:
-        found = [v for v in report.violations if _kind(v) == kind]
-        failure = None
-        if found:
-            n = len(found)
-            lines = [f"{n} {kind} violation{'s' if n != 1 else ''}", *(_line(v) for v in found[: report.max_shown])]
-            if n > report.max_shown:
-                lines.append(f"... {n - report.max_shown} more not shown")
-            failure = "\n".join(lines)
-        cases.append(Case(name=kind, classname=classname, failure=failure))
-    return cases
-
-
 # --------------------------------------------------------------------------- check
 
 
@@ -254,71 +223,31 @@ def check_command(
 ) -> None:
     """Validate a metadata document: schema, invariants, change budget (exit 0 valid, 3 violations, 2 bad input)."""
     from rollout.checks import metadata as md
-    from rollout.errors import ExitStatus, MetadataError, RolloutError
+    from rollout.errors import ExitStatus, RolloutError
 
     doc_format = _format(fmt)
     refs = [parse_reference(r) for r in references or []]
     limit = parse_max_changed(max_changed) if max_changed is not None else (None, None)
+    invariants = md.Invariants(
+        unique=tuple(unique or ()),
+        references=tuple(refs),
+        non_empty=tuple(non_empty or ()),
+        immutable=tuple(immutable or ()),
+    )
+    budget = md.Budget(
+        max_changed=limit[0],
+        max_changed_pct=limit[1],
+        allow_added=allow_added,
+        allow_removed=allow_removed,
+    )
     try:
-        if baseline is not None and key is None:
-            raise _usage("--baseline needs --key to match records (like --key 'instruments[].symbol')")
-        if max_changed is not None and baseline is None:
-            raise _usage("--max-changed needs --baseline (the version the change is measured against)")
-        if immutable and baseline is None:
-            raise _usage("--immutable needs --baseline (the version that must not change)")
-        for option, paths in (
-            ("--unique", unique),
-            ("--non-empty", non_empty),
-            ("--immutable", immutable),
-            ("--references", [p for pair in refs for p in pair]),
-        ):
-            for path in paths or []:
-                _check_path(option, path)
-        if key is not None:
-            _check_key(key)
-        data = _read_document(doc, doc_format)
-        schema_doc = _read_document(schema, "auto")
-        try:
-            compiled = md.compile_schema(schema_doc)
-        except MetadataError as exc:
-            raise MetadataError(f"{schema}: {exc}") from exc
-        base_doc = _read_document(baseline, doc_format) if baseline is not None else None
-        if baseline is not None and key is not None:
-            _require_records(key, [(baseline, base_doc), (doc, data)])
-            md.require_match(key, data, base_doc, role="--key")
-        # a path that matches nothing checks nothing: a typo must not read as "valid"
-        for option, paths in (("--unique", unique), ("--references", [p for pair in refs for p in pair])):
-            for path in paths or []:
-                md.require_match(path, data, role=option)
-        for path in immutable or []:
-            md.require_match(path, data, base_doc, role="--immutable")
-        invariants = md.Invariants(
-            unique=tuple(unique or ()),
-            references=tuple(refs),
-            non_empty=tuple(non_empty or ()),
-            immutable=tuple(immutable or ()),
-        )
-        has_invariants = bool(unique or refs or non_empty or immutable)
-        report = md.validate_document(
-            data,
-            name=str(doc),
-            schema=compiled,
-            invariants=invariants if has_invariants else None,
-            baseline=base_doc,
-            key=key if baseline is not None else None,
-            budget=md.Budget(
-                max_changed=limit[0],
-                max_changed_pct=limit[1],
-                allow_added=allow_added,
-                allow_removed=allow_removed,
-            )
-            if baseline is not None
-            else None,
-        )
+        _check_options(baseline, key, max_changed, invariants)
+        with gc_paused():
+            report = _validate(doc, schema, baseline, key, doc_format, invariants, budget)
         if junit is not None:
             from rollout.cli.junit import write_junit
 
-            write_junit(junit, "rollout metadata check", _junit_cases(report, str(doc)))
+            write_junit(junit, "rollout metadata check", junit_cases(report, str(doc)))
     except RolloutError as exc:
         fail(exc)
     if as_json:
@@ -330,52 +259,75 @@ def check_command(
         }
         terminal.print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        _print_report(report, baseline)
+        print_report(report, baseline)
     raise typer.Exit(int(ExitStatus.SUCCESS if report.ok else ExitStatus.REFUSED))
 
 
+def _check_options(baseline: Path | None, key: str | None, max_changed: str | None, invariants: Invariants) -> None:
+    """Options that need each other, and every key path well formed, before any file is read."""
+    if baseline is not None and key is None:
+        raise _usage("--baseline needs --key to match records (like --key 'instruments[].symbol')")
+    if max_changed is not None and baseline is None:
+        raise _usage("--max-changed needs --baseline (the version the change is measured against)")
+    if invariants.immutable and baseline is None:
+        raise _usage("--immutable needs --baseline (the version that must not change)")
+    for option, paths in (
+        ("--unique", invariants.unique),
+        ("--non-empty", invariants.non_empty),
+        ("--immutable", invariants.immutable),
+        ("--references", [p for pair in invariants.references for p in pair]),
+    ):
+        for path in paths:
+            _check_path(option, path)
+    if key is not None:
+        _check_key(key)
+
+
+def _validate(
+    doc: Path,
+    schema: Path,
+    baseline: Path | None,
+    key: str | None,
+    doc_format: Format,
+    invariants: Invariants,
+    budget: Budget,
+) -> MetadataReport:
+    """Read the files and run every check the options ask for."""
+    from rollout.checks import metadata as md
+    from rollout.errors import MetadataError
+
+    data = _read_document(doc, doc_format)
+    schema_doc = _read_document(schema, "auto")
+    try:
+        compiled = md.compile_schema(schema_doc)
+    except MetadataError as exc:
+        raise MetadataError(f"{schema}: {exc}") from exc
+    base_doc = _read_document(baseline, doc_format) if baseline is not None else None
+    if baseline is not None and key is not None:
+        _require_records(key, [(baseline, base_doc), (doc, data)])
+        md.require_match(key, data, base_doc, role="--key")
+    # a path that matches nothing checks nothing: a typo must not read as "valid"
+    for option, paths in (
+        ("--unique", invariants.unique),
+        ("--references", [p for pair in invariants.references for p in pair]),
+    ):
+        for path in paths:
+            md.require_match(path, data, role=option)
+    for path in invariants.immutable:
+        md.require_match(path, data, base_doc, role="--immutable")
+    has_invariants = bool(invariants.unique or invariants.references or invariants.non_empty or invariants.immutable)
+    return md.validate_document(
+        data,
+        name=str(doc),
+        schema=compiled,
+        invariants=invariants if has_invariants else None,
+        baseline=base_doc,
+        key=key if baseline is not None else None,
+        budget=budget if baseline is not None else None,
+    )
+
+
 # --------------------------------------------------------------------------- diff
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _record_name(key: Any, field: str) -> str:
-    # A bare number would read as a list index: `instruments[2]`; say which field it is.
-    return key if isinstance(key, str) else f"{field}={json.dumps(key, ensure_ascii=False)}"
-
-
-def diff_lines(diff: RecordDiff, limit: int) -> list[str]:
-    """Added and removed records, field-level changes and notes, each list capped at `limit`."""
-    collection, _, field = diff.key.removeprefix("$.").partition("[].")
-
-    def name(key: Any) -> str:
-        return f"{collection}[{_record_name(key, field)}]"
-
-    lines = [f"added ({len(diff.added)}):"]
-    lines += [f"  + {name(r.key)} at {r.path}" for r in diff.added[:limit]]
-    if len(diff.added) > limit:
-        lines.append(f"  ... {len(diff.added) - limit} more added records (raise --limit to see them)")
-    lines.append(f"removed ({len(diff.removed)}):")
-    lines += [f"  - {name(r.key)} (was {r.path})" for r in diff.removed[:limit]]
-    if len(diff.removed) > limit:
-        lines.append(f"  ... {len(diff.removed) - limit} more removed records (raise --limit to see them)")
-    lines.append(f"changed ({len(diff.changed)}):")
-    for change in diff.changed[:limit]:
-        record = name(change.key)
-        for f in change.fields:
-            where = record if f.field == "." else f"{record}.{f.field}"
-            before = "(absent)" if f.kind == "added" else _show(f.old)
-            after = "(absent)" if f.kind == "removed" else _show(f.new)
-            lines.append(f"  ~ {where}: {before} -> {after}")
-    if len(diff.changed) > limit:
-        lines.append(f"  ... {len(diff.changed) - limit} more changed records (raise --limit to see them)")
-    lines += [f"note: {p.path}: {p.message}" for p in diff.problems[:limit]]
-    if len(diff.problems) > limit:
-        lines.append(f"note: ... {len(diff.problems) - limit} more notes (raise --limit to see them)")
-    return lines
 
 
 @metadata_app.command(
@@ -401,11 +353,12 @@ def diff_command(
     doc_format = _format(fmt)
     try:
         _check_key(key)
-        old_doc = _read_document(old, doc_format)
-        new_doc = _read_document(new, doc_format)
-        _require_records(key, [(old, old_doc), (new, new_doc)])
-        md.require_match(key, new_doc, old_doc, role="--key")
-        diff = md.diff_records(old_doc, new_doc, key)
+        with gc_paused():
+            old_doc = _read_document(old, doc_format)
+            new_doc = _read_document(new, doc_format)
+            _require_records(key, [(old, old_doc), (new, new_doc)])
+            md.require_match(key, new_doc, old_doc, role="--key")
+            diff = md.diff_records(old_doc, new_doc, key)
     except RolloutError as exc:
         fail(exc)
     if as_json:
