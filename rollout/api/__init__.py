@@ -8,6 +8,7 @@
 Plans:    load, validate, schedule (the dry run), schedule_as_dict, prechecks, json_schema
 Runs:     prepare, run, recover (-> RunOutcome | AlreadySettled)
 Evidence: verify (-> Verification), report (md, json, html), runs, timeline, unlock
+Metadata: rollout.api.metadata (validate a document, diff two versions)
 
 Nothing here prints or exits: errors are the documented tree in `rollout.errors`
 (`exit_status_for` gives each its exit code), never SystemExit. Names are imported on

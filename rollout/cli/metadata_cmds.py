@@ -21,7 +21,7 @@ from rollout.cli.app import app, fail, terminal
 from rollout.cli.metadata_output import diff_lines, junit_cases, print_report
 
 if TYPE_CHECKING:
-    from rollout.checks.metadata import Budget, Invariants, MetadataReport
+    from rollout.api.metadata import Budget, Invariants, MetadataReport
     from rollout.errors import RolloutError
 
 # Only typer, the app and the output module (itself plain text on the app) are imported here:
@@ -73,7 +73,7 @@ def _usage(message: str) -> RolloutError:
 
 def _read_document(path: Path, fmt: Format) -> Any:
     """Parse one document file; UsageError/MetadataError (exit 2) naming the file."""
-    from rollout.checks.metadata import parse_document
+    from rollout.api.metadata import parse_document
     from rollout.errors import MetadataError, UsageError
 
     try:
@@ -96,7 +96,7 @@ def _format(value: str) -> Format:
 
 def _check_path(option: str, path: str) -> None:
     """A malformed key path is a bad argument: say which option carried it."""
-    from rollout.checks.metadata import parse_key_path
+    from rollout.api.metadata import parse_key_path
     from rollout.errors import MetadataError
 
     try:
@@ -107,7 +107,7 @@ def _check_path(option: str, path: str) -> None:
 
 def _check_key(key: str) -> None:
     """A record key names one list and a field of its records: `instruments[].symbol`."""
-    from rollout.checks.metadata import EACH, parse_key_path
+    from rollout.api.metadata import EACH, parse_key_path
 
     _check_path("--key", key)
     tokens = parse_key_path(key)
@@ -117,7 +117,7 @@ def _check_key(key: str) -> None:
 
 def _record_list_present(doc: Any, key: str) -> bool:
     """Whether the list part of a record key (`instruments` of `instruments[].symbol`) exists in `doc`."""
-    from rollout.checks.metadata import EACH, parse_key_path
+    from rollout.api.metadata import EACH, parse_key_path
 
     value = doc
     for token in parse_key_path(key):
@@ -222,7 +222,7 @@ def check_command(
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write JUnit XML to this file.")] = None,
 ) -> None:
     """Validate a metadata document: schema, invariants, change budget (exit 0 valid, 3 violations, 2 bad input)."""
-    from rollout.checks import metadata as md
+    from rollout.api import metadata as md
     from rollout.errors import ExitStatus, RolloutError
 
     doc_format = _format(fmt)
@@ -293,7 +293,7 @@ def _validate(
     budget: Budget,
 ) -> MetadataReport:
     """Read the files and run every check the options ask for."""
-    from rollout.checks import metadata as md
+    from rollout.api import metadata as md
     from rollout.errors import MetadataError
 
     data = _read_document(doc, doc_format)
@@ -347,7 +347,7 @@ def diff_command(
     fmt: Annotated[str, typer.Option("--format", help="Format of both documents: json, yaml or auto.")] = "auto",
 ) -> None:
     """Records added, removed and changed between two versions, matched by key (exit 0; 2 on bad input)."""
-    from rollout.checks import metadata as md
+    from rollout.api import metadata as md
     from rollout.errors import RolloutError
 
     doc_format = _format(fmt)

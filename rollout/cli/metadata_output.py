@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rollout.cli.app import terminal
 
 if TYPE_CHECKING:
-    from rollout.checks.metadata import MetadataReport, RecordDiff, Violation
+    from rollout.api.metadata import MetadataReport, RecordDiff, Violation
 
 
 def _kind(v: Violation) -> str:
