@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from rollout.api import metadata as api_md
 from rollout.checks import metadata as md
 from tests.helpers import Cli
 
@@ -65,15 +66,15 @@ def test_the_checks_leave_the_garbage_collector_alone(gc_switches: list[str]) ->
 
 
 def _recording_gc_state(monkeypatch: pytest.MonkeyPatch, name: str) -> list[bool]:
-    """Wrap `md.<name>` so each call records whether the collector was on."""
+    """Wrap the API's `<name>` (what the commands call) so each call records whether the collector was on."""
     seen: list[bool] = []
-    real: Callable[..., Any] = getattr(md, name)
+    real: Callable[..., Any] = getattr(api_md, name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         seen.append(gc.isenabled())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(md, name, wrapper)
+    monkeypatch.setattr(api_md, name, wrapper)
     return seen
 
 
