@@ -84,6 +84,11 @@ def test_bad_input_raises_documented_errors_never_system_exit(tmp_path: Path) ->
         api.run(write_plan(tmp_path), state_dir=tmp_path / "state")  # no environment named
     with pytest.raises(UsageError, match="no environment 'nowhere'"):
         api.run(write_plan(tmp_path), "nowhere", state_dir=tmp_path / "state")
+    prepared = api.prepare(write_plan(tmp_path), "lab")
+    with pytest.raises(UsageError, match="prepared for 'lab'"):
+        api.run(prepared, "production", state_dir=tmp_path / "state")
+    with pytest.raises(UsageError, match="overrides to prepare"):
+        api.run(prepared, overrides={"release": "v3"}, state_dir=tmp_path / "state")
     assert not (tmp_path / "state").exists(), "nothing was created for a run that never began"
 
 

@@ -195,10 +195,7 @@ def run(
     PlanError or UsageError before any change; once the run began, how it ended is the
     returned outcome, never an exception.
     """
-    if not isinstance(plan, Prepared):
-        if env is None:
-            raise UsageError("run: name the environment to run on")
-        plan = prepare(plan, env, overrides=overrides)
+    plan = _prepared(plan, env, overrides)
     if sign_key is not None:
         check_sign_key(sign_key)
     freeze_check(plan)
@@ -217,6 +214,19 @@ def run(
         return outcome
     finally:
         lock.release()
+
+
+def _prepared(plan: Prepared | Path | str, env: str | None, overrides: Mapping[str, str] | None) -> Prepared:
+    """The plan as prepared for its environment; a prepared plan is not silently re-targeted."""
+    if not isinstance(plan, Prepared):
+        if env is None:
+            raise UsageError("run: name the environment to run on")
+        return prepare(plan, env, overrides=overrides)
+    if env is not None and env != plan.schedule.env_name:
+        raise UsageError(f"run: the plan was prepared for {plan.schedule.env_name!r}, not {env!r}")
+    if overrides is not None:
+        raise UsageError("run: a prepared plan already has its variables; pass overrides to prepare()")
+    return plan
 
 
 def _create_run_dir(plan: Prepared, state: Path) -> RunDir:
