@@ -82,6 +82,7 @@ class GuardMonitor:
         self._scheduler: ProbeScheduler | None = None
         self._generation = 0  # verdicts of an earlier start are dropped
         self._dead: set[tuple[str, int]] = set()  # guards whose state could not be journaled
+        self._waiting: list[float] = []  # the `since` of every wait_settled in progress
         self._announced = False
         self._summarised = False
         self._lag_episodes = 0
@@ -171,15 +172,19 @@ class GuardMonitor:
     def wait_settled(self, since: float, deadline: float, abort: threading.Event) -> bool:
         """Wait until `settled(since)`; False at `deadline` (monotonic) or as soon as `abort` is set."""
         with self._changed:
-            while True:
-                if all(_fresh_green(s, since) for s in self.states.values()):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or abort.is_set() or self._stop.is_set():
-                    return False
-                # A trip reaches the engine's abort after the state change is notified:
-                # look at the abort flag again soon rather than sleep out the deadline.
-                self._changed.wait(min(remaining, 0.05))
+            self._waiting.append(since)
+            try:
+                while True:
+                    if all(_fresh_green(s, since) for s in self.states.values()):
+                        return True
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or abort.is_set() or self._stop.is_set():
+                        return False
+                    # A trip reaches the engine's abort after the state change is notified:
+                    # look at the abort flag again soon rather than sleep out the deadline.
+                    self._changed.wait(min(remaining, 0.05))
+            finally:
+                self._waiting.remove(since)
 
     def _delivered(self, generation: int, slot: Slot, verdict: Verdict, started: float) -> None:
         """A verdict from the scheduler (any of its threads); one from an earlier start is dropped."""
@@ -215,6 +220,7 @@ class GuardMonitor:
             if self._stop.is_set():
                 return  # frozen: the engine has taken its verdict without this probe
             before = state.state
+            previous_start = state.last_started
             state.last = verdict
             state.last_started = started
             if verdict.ok:
@@ -245,7 +251,10 @@ class GuardMonitor:
                     ),
                     sync=tripped_now,
                 )
-            self._changed.notify_all()
+            # Waiters care about a change of state, or a guard's first probe since their `since`;
+            # waking them on every probe (1,000 a second) would spend a core re-reading states.
+            if state.state != before or any(previous_start < w <= started for w in self._waiting):
+                self._changed.notify_all()
         if tripped_now:
             self._on_trip(state.host, guard, verdict, state.consecutive)
 

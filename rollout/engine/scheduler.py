@@ -132,9 +132,12 @@ class LoopLag:
     def within(self, start: float, end: float) -> float:
         """Seconds between `start` and `end` during which the loop could not run when it should have."""
         with self._lock:
-            spans = list(self._late)
             overdue = (self._last_beat + HEARTBEAT + STALL, end)  # a beat that is late right now
-        total = sum(max(0.0, min(b, end) - max(a, start)) for a, b in [*spans, overdue] if b > a)
+            total = max(0.0, overdue[1] - max(overdue[0], start))
+            for a, b in reversed(self._late):  # newest first: only the spans since `start` count
+                if b <= start:
+                    break
+                total += max(0.0, min(b, end) - max(a, start))
         return total
 
 
@@ -181,7 +184,8 @@ class ProbeScheduler:
         """Stop probing: HTTP and TCP probes are abandoned, command probes in flight finish (up to `wait`)."""
         self._stopping.set()
         if self._thread.is_alive():
-            self._soon(self._loop.stop)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=wait)
         elif not self._thread.ident:  # never started
             self._loop.close()
@@ -266,7 +270,10 @@ class ProbeScheduler:
             self._report_lag(slot, late, why)
 
     def _soon(self, callback: Callable[..., None], *args: object) -> None:
-        """Run `callback` on the loop thread, unless the loop is gone (the scheduler stopped)."""
+        """Run `callback` on the loop thread (now, if this is it), unless the loop is gone (the scheduler stopped)."""
+        if threading.get_ident() == self._thread.ident:
+            callback(*args)  # no wake-up through the loop's pipe: a syscall per probe adds up at 1,000 a second
+            return
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(callback, *args)
 
