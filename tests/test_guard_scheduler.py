@@ -284,3 +284,42 @@ def test_probe_phases_are_reproducible_and_spread_across_every() -> None:
     for p in phases:
         buckets[int(p * 10)] += 1
     assert min(buckets) > 50, buckets  # no decile empty or crowded: 1,000 probes do not fire at once
+
+
+def test_command_guards_on_one_host_never_overlap_and_skipped_probes_are_lag(tmp_path: Path) -> None:
+    """At most one command probe in flight per host: a guard must never starve the steps on its host."""
+    from rollout.executors.base import Target
+    from rollout.executors.local import LocalExecutor
+
+    probe = (
+        f"mkdir {tmp_path}/in-flight 2>/dev/null || echo overlap >> {tmp_path}/overlaps; "
+        f"echo x >> {tmp_path}/probes; sleep 0.3; rmdir {tmp_path}/in-flight"
+    )
+    guards = tuple(
+        Guard.model_validate({"name": f"g{i}", "command": probe, "every": "100ms", "timeout": "5s"}) for i in range(2)
+    )
+    executor = LocalExecutor(Target("h1"))
+    sink = Collect()
+    runner = CheckRunner(tmp_path)
+    monitor = GuardMonitor(
+        {"h1": guards},
+        lambda host: executor,
+        runner,
+        Bus(None, [sink]),
+        on_trip=lambda *a: None,
+        on_fatal=lambda e: None,
+    )
+    monitor.start()
+    try:
+        assert monitor.wait_all_green(30)
+        deadline = time.monotonic() + 30
+        while len((tmp_path / "probes").read_text().split()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        monitor.stop()
+        runner.close()
+        executor.close()
+    assert not (tmp_path / "overlaps").exists(), "two guard probes ran at once on one host"
+    assert monitor.stats.summary()["skipped"] > 0
+    reasons = {e.data["reason"] for e in sink.kinds(EventKind.GUARD_LAGGING)}
+    assert reasons & {"host busy", "previous probe still running"}, reasons
