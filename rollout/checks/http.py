@@ -13,6 +13,7 @@ almost nothing. Guards probe on the scheduler's event loop instead (`probe_async
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -139,10 +140,8 @@ async def tcp_probe_async(host: str, port: int, *, timeout: float) -> TcpObserva
     except TimeoutError:
         return TcpObservation(False, f"timed out after {timeout:g}s", time.monotonic() - start)
     except OSError as exc:
-        return TcpObservation(
-            False,
-            f"cannot connect to {host}:{port}: {exc.strerror or exc}",
-            time.monotonic() - start,
-        )
+        # asyncio words a refusal `Connect call failed`: say it as the blocking probe does
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return TcpObservation(False, f"cannot connect to {host}:{port}: {reason}", time.monotonic() - start)
     writer.close()
     return TcpObservation(True, elapsed=time.monotonic() - start)

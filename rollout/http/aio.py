@@ -20,6 +20,7 @@ Failures raise the same HttpFailure family as the sync client, with the same tex
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import zlib
@@ -169,7 +170,8 @@ class AsyncHttpPool:
         except TimeoutError:
             raise
         except OSError as exc:
-            raise HttpConnectFailure(f"ConnectError: {exc}", str(exc)) from exc
+            reason = _os_reason(exc)
+            raise HttpConnectFailure(f"ConnectError: {reason}", reason) from exc
         return _Conn(reader, writer, h11.Connection(h11.CLIENT))
 
     async def _on(
@@ -283,6 +285,15 @@ async def _read_response(conn: _Conn, max_body: int, start: float) -> HttpRespon
     charset = _CHARSET.search(content_type)
     text = _text(body, charset.group(1) if charset else "utf-8")
     return HttpResponse(status, text, time.monotonic() - start)
+
+
+def _os_reason(exc: OSError) -> str:
+    """`[Errno 111] Connection refused`, as a blocking connect says it (asyncio says `Connect call failed`)."""
+    import ssl
+
+    if exc.errno and not isinstance(exc, ssl.SSLError):  # a TLS failure's own text names the certificate problem
+        return f"[Errno {exc.errno}] {os.strerror(exc.errno)}"
+    return str(exc) or type(exc).__name__
 
 
 def _disconnected() -> HttpFailure:
