@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import h11
 
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (as the sync client's pool)
-MAX_IDLE_PER_ORIGIN = 64
+MAX_IDLE_PER_ORIGIN = 1024  # never the bound in practice: a guard has at most one probe in flight
 READ_SIZE = 65536
 _CHARSET = re.compile(r"charset=([\w.:-]+)", re.IGNORECASE)
 
