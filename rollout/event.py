@@ -32,6 +32,8 @@ class EventKind:
     PRECHECKS_FAILED = "prechecks.failed"
     GUARDS_START = "guards.start"
     GUARD_STATE = "guard.state"
+    GUARD_LAGGING = "guard.lagging"  # a guard's probes do not start within one `every` of their due time
+    GUARD_CAUGHT_UP = "guard.caught_up"  # ... and now they do again
     WAVE_START = "wave.start"
     WAVE_END = "wave.end"
     STEP_INTENT = "step.intent"
@@ -48,6 +50,7 @@ class EventKind:
     ROLLBACK_RESULT = "rollback.result"
     ROLLBACK_END = "rollback.end"
     RECOVERY = "recovery.guards"
+    GUARDS_STOP = "guards.stop"  # the run's probing is over: how many probes, how punctual
     RECOVER_START = "recover.start"
     PROCESSES_ENDED = "recover.processes"  # what recover found still running of the dead run, and ended
     IN_DOUBT = "step.in_doubt"

@@ -113,11 +113,13 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_only_rollout_http_imports_httpx_or_httpcore() -> None:
+def test_only_rollout_http_imports_httpx_httpcore_or_h11() -> None:
     importers = sorted(
         str(p.relative_to(ROLLOUT.parent)) for p in ROLLOUT.rglob("*.py") if _imports(p) & {"httpx", "httpcore"}
     )
-    assert importers == ["rollout/http.py"]
+    assert importers == ["rollout/http/__init__.py"]
+    h11_importers = sorted(str(p.relative_to(ROLLOUT.parent)) for p in ROLLOUT.rglob("*.py") if "h11" in _imports(p))
+    assert h11_importers == ["rollout/http/aio.py"]
 
 
 def test_the_client_is_typed_as_httpx_client_not_any() -> None:

@@ -19,7 +19,8 @@ from rollout.report.timeline import RENDERERS, describe_event
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = [
-    "rollout/http.py",
+    "rollout/http/__init__.py",
+    "rollout/http/aio.py",
     "rollout/checks/__init__.py",
     "rollout/checks/http.py",
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "rollout" / "report").glob("*.py")),

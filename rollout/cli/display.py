@@ -75,6 +75,7 @@ class LiveDisplay:
         self.wave_of = {h: w.index for w in schedule.waves for h in w.hosts}
         self.cells: dict[tuple[str, str], str] = {(h, s): "pending" for h in schedule.hosts for s in self.steps}
         self.guard: dict[str, str] = dict.fromkeys(schedule.hosts, "—")
+        self.lagging: set[str] = set()  # hosts whose guard probes do not keep their pace
         self.phase = "pre-checks"
         self.status = ""
         self.recent: deque[str] = deque(maxlen=6)
@@ -115,6 +116,8 @@ class LiveDisplay:
             self.guard[e.host] = str(e.outcome)
         elif e.kind == EventKind.GUARDS_START:
             self.guard = dict.fromkeys(self.guard, "green")
+        elif e.kind in (EventKind.GUARD_LAGGING, EventKind.GUARD_CAUGHT_UP) and e.host:
+            (self.lagging.add if e.kind == EventKind.GUARD_LAGGING else self.lagging.discard)(e.host)
         if self.cells.get(key) == "verifying" and self._verified(e, key):
             self.cells[key] = "ok"
 
@@ -192,7 +195,10 @@ class LiveDisplay:
                 symbol, style = _SYMBOL.get(self.cells[(host, step)], ("?", ""))
                 row.append(Text(symbol, style=style))
             g = self.guard.get(host, "—")
-            row.append(Text(g, style=_GUARD_STYLE.get(g, "dim")))
+            guard_cell = Text(g, style=_GUARD_STYLE.get(g, "dim"))
+            if host in self.lagging:  # a guard that cannot keep up is not guarding: show it
+                guard_cell.append(" lagging", style="bold magenta")
+            row.append(guard_cell)
             table.add_row(*row)
         parts: list[Any] = [head, table]
         if self.status:

@@ -147,6 +147,8 @@ class EngineCore:
         """Emit an event; once the journal has failed, only the rollback may go on emitting."""
         if self._fatal is not None and not self._rolling_back:
             raise self._fatal
+        if event.kind == EventKind.RUN_END:
+            self.guards.summarise()  # the guards' record of punctuality precedes the verdict
         try:
             self.bus.emit(event, sync=sync)
         except JournalError as exc:

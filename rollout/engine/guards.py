@@ -1,8 +1,12 @@
 """Continuous guards: every guard probed on every host, tripping an abort on failure.
 
-One thread per (host, guard): probes are blocking I/O with their own timeouts, and a
-slow host must not delay another host's detection. States are journaled on change only
-(green -> failing -> tripped -> green), with the probe's values.
+Probes are timed and run by one ProbeScheduler (rollout.engine.scheduler): one event loop
+for HTTP and TCP, a small pool for commands, never a thread per guard, so detection keeps
+its pace on a 1,000-host fleet. States are journaled on change only (green -> failing ->
+tripped -> green), with the probe's values; so is lag (`guard.lagging`, `guard.caught_up`),
+once per episode, and just before the run's verdict, one `guards.stop` summary of how
+punctual the probes were. A probe the scheduler calls inconclusive (its deadline ran out
+while rollout itself was starved) changes no state: a timeout means the target was slow.
 
 The engine takes its verdicts from here, so the monitor keeps two promises:
 
@@ -15,14 +19,17 @@ The engine takes its verdicts from here, so the monitor keeps two promises:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 
 from rollout.checks import Verdict
 from rollout.engine.events import Bus
 from rollout.engine.probe import CheckRunner
+from rollout.engine.scheduler import ProbeScheduler, ProbeStats, Slot
 from rollout.errors import JournalError
 from rollout.event import Event, EventKind
 from rollout.executors.base import Executor
@@ -70,13 +77,20 @@ class GuardMonitor:
         self._stop = threading.Event()
         self._changed = threading.Condition()
         self.states = {(host, i): GuardState(host, g) for host, gs in guards.items() for i, g in enumerate(gs)}
-        self._threads: list[threading.Thread] = []
+        self._slots = [Slot(host, i, state.guard) for (host, i), state in self.states.items()]
+        self.stats = ProbeStats()
+        self._scheduler: ProbeScheduler | None = None
+        self._generation = 0  # verdicts of an earlier start are dropped
+        self._dead: set[tuple[str, int]] = set()  # guards whose state could not be journaled
+        self._waiting: list[float] = []  # the `since` of every wait_settled in progress
         self._announced = False
+        self._summarised = False
+        self._lag_episodes = 0
 
     @property
     def running(self) -> bool:
-        """True while probing threads are alive."""
-        return bool(self._threads) and not self._stop.is_set()
+        """True while the probe scheduler is running."""
+        return self._scheduler is not None and not self._stop.is_set()
 
     @property
     def empty(self) -> bool:
@@ -84,7 +98,7 @@ class GuardMonitor:
         return not self.states
 
     def start(self) -> None:
-        """Start one probing thread per host and guard (again after a stop or freeze)."""
+        """Start the probe scheduler for every host and guard (again after a stop or freeze)."""
         self._stop.clear()
         if self.states and not self._announced:
             self._announced = True
@@ -97,19 +111,40 @@ class GuardMonitor:
                     },
                 )
             )
-        for key, state in self.states.items():
-            thread = threading.Thread(target=self._loop, args=(state,), name=f"guard-{key[0]}-{key[1]}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        if not self.states or self._scheduler is not None:
+            return
+        self._generation += 1
+        self._scheduler = ProbeScheduler(
+            self._slots,
+            self._runner,
+            self._executors,
+            self.stats,
+            deliver=partial(self._delivered, self._generation),
+            lag=partial(self._lagged, self._generation),
+            clock=self._clock,
+        )
+        self._scheduler.start()
 
     def stop(self) -> None:
-        """Stop probing and wait for the threads (each finishes its probe in flight)."""
+        """Stop probing; command probes in flight finish first (within their timeout), HTTP and TCP ones are dropped."""
         with self._changed:
             self._stop.set()
             self._changed.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self._threads.clear()
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.stop(wait=30)
+
+    def summarise(self) -> None:
+        """Journal once, just before the run's verdict, how punctual the probes were: did the guards really guard?
+
+        A journal failure here is left to the verdict's own line, which meets it next.
+        """
+        if self._summarised or not self._announced:
+            return
+        self._summarised = True
+        data = {**self.stats.summary(), "lag_episodes": self._lag_episodes}
+        with contextlib.suppress(JournalError):
+            self._bus.emit(Event(EventKind.GUARDS_STOP, data=data))
 
     def freeze(self) -> list[GuardState]:
         """Stop recording verdicts, atomically with a snapshot of every state, then stop probing.
@@ -137,29 +172,46 @@ class GuardMonitor:
     def wait_settled(self, since: float, deadline: float, abort: threading.Event) -> bool:
         """Wait until `settled(since)`; False at `deadline` (monotonic) or as soon as `abort` is set."""
         with self._changed:
-            while True:
-                if all(_fresh_green(s, since) for s in self.states.values()):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or abort.is_set() or self._stop.is_set():
-                    return False
-                # A trip reaches the engine's abort after the state change is notified:
-                # look at the abort flag again soon rather than sleep out the deadline.
-                self._changed.wait(min(remaining, 0.05))
-
-    def _loop(self, state: GuardState) -> None:
-        guard = state.guard
-        while not self._stop.is_set():
-            started = self._clock()
-            verdict = self._runner.once(guard, self._executors(state.host))
-            if self._stop.is_set():
-                return
+            self._waiting.append(since)
             try:
-                self._record(state, verdict, started)
+                while True:
+                    if all(_fresh_green(s, since) for s in self.states.values()):
+                        return True
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or abort.is_set() or self._stop.is_set():
+                        return False
+                    # A trip reaches the engine's abort after the state change is notified:
+                    # look at the abort flag again soon rather than sleep out the deadline.
+                    self._changed.wait(min(remaining, 0.05))
+            finally:
+                self._waiting.remove(since)
+
+    def _delivered(self, generation: int, slot: Slot, verdict: Verdict, started: float) -> None:
+        """A verdict from the scheduler (any of its threads); one from an earlier start is dropped."""
+        key = (slot.host, slot.index)
+        if generation != self._generation or key in self._dead:
+            return
+        try:
+            self._record(self.states[key], verdict, started)
+        except JournalError as exc:
+            self._dead.add(key)
+            self._on_fatal(exc)
+
+    def _lagged(self, generation: int, slot: Slot, late: float, why: str) -> None:
+        """Journal the start or the end of a lag episode (state changes only, like guard states)."""
+        caught_up = why == "caught up"
+        data = {"guard": slot.guard.label, "late_ms": round(late * 1000), "every": slot.guard.every}
+        if not caught_up:
+            data = {**data, "reason": why}
+        with self._changed:
+            if generation != self._generation or self._stop.is_set():
+                return
+            self._lag_episodes += not caught_up
+            try:
+                kind = EventKind.GUARD_CAUGHT_UP if caught_up else EventKind.GUARD_LAGGING
+                self._bus.emit(Event(kind, host=slot.host, data={**data, "skipped": slot.skipped}))
             except JournalError as exc:
                 self._on_fatal(exc)
-                return
-            self._stop.wait(max(0.0, guard.every - (self._clock() - started)))
 
     def _record(self, state: GuardState, verdict: Verdict, started: float) -> None:
         guard = state.guard
@@ -168,6 +220,7 @@ class GuardMonitor:
             if self._stop.is_set():
                 return  # frozen: the engine has taken its verdict without this probe
             before = state.state
+            previous_start = state.last_started
             state.last = verdict
             state.last_started = started
             if verdict.ok:
@@ -198,7 +251,10 @@ class GuardMonitor:
                     ),
                     sync=tripped_now,
                 )
-            self._changed.notify_all()
+            # Waiters care about a change of state, or a guard's first probe since their `since`;
+            # waking them on every probe (1,000 a second) would spend a core re-reading states.
+            if state.state != before or any(previous_start < w <= started for w in self._waiting):
+                self._changed.notify_all()
         if tripped_now:
             self._on_trip(state.host, guard, verdict, state.consecutive)
 

@@ -28,6 +28,7 @@ from rollout.units import Percent
 
 if TYPE_CHECKING:
     from rollout.checks.http import HttpProber
+    from rollout.http.aio import AsyncHttpPool
 
 PROBE_SLICE = 0.1  # how soon a wait between attempts notices an abort
 
@@ -135,6 +136,26 @@ class CheckRunner:
             return _tcp(check.tcp, check.timeout)
         assert check.metadata is not None
         return self._metadata(check.metadata, executor, check.timeout)
+
+    @staticmethod
+    def on_loop(check: Check) -> bool:
+        """True for the checks asked from the orchestrator without blocking (HTTP, TCP): `once_async`."""
+        return check.http is not None or check.tcp is not None
+
+    async def once_async(self, check: Check, pool: AsyncHttpPool) -> Verdict:
+        """One attempt of an HTTP or TCP check on the caller's event loop and its kept connections."""
+        from rollout.checks.http import probe_async, tcp_probe_async
+
+        if check.http is not None:
+            h = check.http
+            obs = await probe_async(pool, h.url, method=h.method, headers=h.headers, timeout=check.timeout)
+            return evaluate_http(h, obs)
+        assert check.tcp is not None
+        try:
+            port = int(check.tcp.port)
+        except ValueError:
+            return Verdict(False, f"tcp port {check.tcp.port!r} is not a number")
+        return evaluate_tcp(await tcp_probe_async(check.tcp.host, port, timeout=check.timeout))
 
     # --- metadata ----------------------------------------------------------------
 

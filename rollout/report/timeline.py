@@ -41,6 +41,21 @@ def _guard_state(event: Event, d: Mapping[str, Any], prefix: str) -> str:
     return f"{prefix}guard '{d.get('guard')}' {str(event.outcome).upper()} ({d.get('consecutive_failures')}/{d.get('fail_after')}): {_short(d.get('summary'))}"
 
 
+def _guard_lagging(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    return (
+        f"{prefix}guard '{d.get('guard')}' LAGGING: probes start {d.get('late_ms')} ms late"
+        f" (every {d.get('every')}s; {d.get('reason')}, {d.get('skipped')} skipped)"
+    )
+
+
+def _guards_stop(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+    return (
+        f"guards stopped: {d.get('probes')} probes of {d.get('due')} due, {d.get('started_late')} started late,"
+        f" start delay p99 {d.get('p99_start_delay_ms')} ms max {d.get('max_start_delay_ms')} ms,"
+        f" {d.get('inconclusive')} inconclusive"
+    )
+
+
 def _step_intent(event: Event, d: Mapping[str, Any], prefix: str) -> str:
     attempt = f" (attempt {d.get('attempt')})" if d.get("attempt", 1) != 1 else ""
     return f"{prefix}run{attempt}: {_short(d.get('command'))}"
@@ -89,6 +104,9 @@ RENDERERS: dict[str, Renderer] = {
     EventKind.PRECHECKS_FAILED: _prechecks_failed,
     EventKind.GUARDS_START: lambda e, d, p: f"guards started: {', '.join(d.get('guards', []))}",
     EventKind.GUARD_STATE: _guard_state,
+    EventKind.GUARD_LAGGING: _guard_lagging,
+    EventKind.GUARD_CAUGHT_UP: lambda e, d, p: f"{p}guard '{d.get('guard')}' caught up ({d.get('late_ms')} ms late)",
+    EventKind.GUARDS_STOP: _guards_stop,
     EventKind.WAVE_START: lambda e, d, p: f"wave {e.wave} ({d.get('size')}) started: {', '.join(d.get('hosts', []))}",
     EventKind.WAVE_END: lambda e, d, p: f"wave {e.wave} done",
     EventKind.STEP_INTENT: _step_intent,
