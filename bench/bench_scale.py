@@ -319,8 +319,10 @@ def fleet_metrics(
     stop = first(events, "guards.stop")
     m["guards_stop"] = stop.get("data") if stop else None
     g_start, end = first(events, "guards.start"), first(events, "run.end")
-    if stats is not None and g_start and end:
-        window = _ts(end["ts"]) - _ts(g_start["ts"])
+    # A run killed at the timeout has no run.end: its guards probed until the last sample.
+    end_ts = _ts(end["ts"]) if end else (run["cpu_series"][-1][0] if run["cpu_series"] else None)
+    if stats is not None and g_start and end_ts is not None:
+        window = end_ts - _ts(g_start["ts"])
         done = list(stats["counts"].values())
         m["probes_due_per_host"] = int(window / EVERY_S) + 1  # the first probe is due at the start
         m["probes_per_host"] = sum(done) / n
@@ -378,11 +380,11 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def bench_fleet(
-    work: Path, sizes: list[int], runs: int, bake: float, timeout: float, server: ServerProcess
+    work: Path, sizes: list[int], runs: int, bake: float, timeout: float, server: ServerProcess, modes: list[str]
 ) -> dict[str, Any]:
     """Every mode at every size; a mode that times out is not run at larger sizes."""
     results: dict[str, Any] = {}
-    for mode in MODES:
+    for mode in modes:
         collapsed = False
         for n in sizes:
             key = f"{mode}/{n}"
@@ -519,6 +521,9 @@ def bench_detection(work: Path, n: int, runs: int, server: ServerProcess, timeou
     rows = []
     for _ in range(runs):
         rows.append(detect_once(work, n, server, timeout))
+        ms = rows[-1].get("first_503_to_rollback_ms")
+        shown = "timed out" if rows[-1]["timed_out"] else f"exit {rows[-1]['exit']}"
+        print(f"  first 503 -> rollback start: {_fmt(ms, '.0f', ' ms')} ({shown})", flush=True)
         if rows[-1]["timed_out"]:
             break
     keys = ("first_503_to_rollback_ms", "journal_failing_to_rollback_ms", "trip_to_rollback_ms", "wall_s")
@@ -601,7 +606,9 @@ def print_fleet(fleet: dict[str, Any], peers: dict[str, Any], sizes: list[int], 
     )
     for mode in MODES:
         for n in sizes:
-            r = fleet.get(f"{mode}/{n}", {})
+            r = fleet.get(f"{mode}/{n}")
+            if r is None:
+                continue
             if "skipped" in r:
                 print(f"{mode + '/' + str(n):<14} skipped: {r['skipped']}")
                 continue
@@ -694,13 +701,10 @@ def targets(
         bound = EVERY_S * FAIL_AFTER * 1000 + 300
         ms = detect.get("first_503_to_rollback_ms")
         label = f"detection with {detect['n']} hosts: first failing probe -> rollback <= {bound:.0f} ms"
-        rows.append(
-            (
-                label,
-                "timed out" if detect["timed_out"] and ms is None else _fmt(ms, ".0f", " ms"),
-                None if ms is None else ms <= bound,
-            )
-        )
+        if ms is None and detect["timed_out"]:
+            rows.append((label, f"timed out, exit {detect['exits']}", False))
+        else:
+            rows.append((label, _fmt(ms, ".0f", " ms"), None if ms is None else ms <= bound))
     if steps:
         per = steps["per_step_ms"]
         lo, hi = per.get(100), per.get(steps["largest"])
@@ -731,6 +735,7 @@ def parse_args() -> argparse.Namespace:
     """The command line; --quick overrides the sizes for a smoke run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,500,1000", help="host counts for the fleet runs")
+    parser.add_argument("--modes", default=",".join(MODES), help="guard modes for the fleet runs: none,http,command")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bake", type=float, default=5.0, help="bake seconds in the fleet runs")
     parser.add_argument("--timeout", type=float, default=60.0, help="kill a run after this many seconds")
@@ -744,8 +749,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.runs, args.bake, args.timeout = "10", 1, 2.0, 60.0
-        args.detect_hosts, args.detect_runs, args.steps, args.no_peers = 10, 1, "1,100", True
+        # Defaults for a smoke run; options given on the command line still win.
+        parser.set_defaults(sizes="10", runs=1, bake=2.0, detect_hosts=10, detect_runs=1, steps="1,100", no_peers=True)
+        args = parser.parse_args()
     return args
 
 
@@ -763,7 +769,7 @@ def main() -> int:
     server = ServerProcess()
     try:
         print("fleet runs:", flush=True)
-        fleet = bench_fleet(work, sizes, args.runs, args.bake, args.timeout, server)
+        fleet = bench_fleet(work, sizes, args.runs, args.bake, args.timeout, server, args.modes.split(","))
         peers: dict[str, Any] = {"pyinfra": "not run (--no-peers)"}
         if not args.no_peers:
             print("peers:", flush=True)
