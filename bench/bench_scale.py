@@ -780,8 +780,10 @@ def main() -> int:
         if args.detect_runs:
             print(f"detection with {args.detect_hosts} hosts:", flush=True)
             detect = bench_detection(work, args.detect_hosts, args.detect_runs, server, args.timeout)
-        print("steps on one host:", flush=True)
-        steps = bench_steps(work, steps_counts, args.runs) if len(steps_counts) > 1 else {}
+        steps: dict[str, Any] = {}
+        if len(steps_counts) > 1:
+            print("steps on one host:", flush=True)
+            steps = bench_steps(work, steps_counts, args.runs)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
