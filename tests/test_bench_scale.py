@@ -19,8 +19,9 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_scale.py"
 
 def test_quick_run_measures_every_mode_and_detects_the_canary(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
+    args = ["--quick", "--bake", "1", "--steps", "1,20", "--timeout", "90", "--json", str(out)]
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--bake", "1", "--steps", "1,20", "--timeout", "90", "--json", str(out)],
+        [sys.executable, str(BENCH), *args],
         capture_output=True,
         text=True,
         timeout=110,
