@@ -4,7 +4,8 @@ bench/bench_scale.py reads journal events (bake, guard states, rollback) and dri
 probe server; when the guard code or the journal changes shape, the bench must fail
 here rather than print empty tables. Invariant: a --quick run at N=10 completes, every
 guard mode runs, guards against an always-200 server never report failing, probes reach
-the server, and the canary's induced failure trips exactly the canary and rolls back.
+the server, and the canary's induced failure trips exactly the canary and rolls back. (The steps part
+runs only whole CLI commands that other tests cover, so it is left out to keep this short.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_scale.py"
 
 def test_quick_run_measures_every_mode_and_detects_the_canary(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    args = ["--quick", "--bake", "1", "--steps", "1,20", "--timeout", "90", "--json", str(out)]
+    args = ["--quick", "--bake", "1", "--steps", "1", "--timeout", "90", "--json", str(out)]
     proc = subprocess.run(
         [sys.executable, str(BENCH), *args],
         capture_output=True,
@@ -43,4 +44,3 @@ def test_quick_run_measures_every_mode_and_detects_the_canary(tmp_path: Path) ->
     assert detect["tripped_hosts"] == ["h0000"], detect
     assert detect["other_hosts_failing_states"] == 0, detect
     assert detect["first_503_to_rollback_ms"] is not None, detect
-    assert set(result["steps"]["tools_s"]) == {"validate", "timeline", "report --format html", "verify"}
