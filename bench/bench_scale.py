@@ -375,7 +375,7 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for k in stops[0]
             if any(isinstance(s.get(k), (int, float)) for s in stops)
         }
-        out["max_start_delay_ms_worst"] = max(s.get("max_start_delay_ms", 0) for s in stops)
+        out["max_start_delay_ms_worst"] = max(s.get("max_start_delay_ms") or 0 for s in stops)
     return out
 
 
