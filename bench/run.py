@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bench_startup.py", "bench_local.py", "bench_engine.py", "bench_ssh.py", "bench_metadata.py"]
+ORDER = [
+    "bench_startup.py",
+    "bench_local.py",
+    "bench_engine.py",
+    "bench_ssh.py",
+    "bench_metadata.py",
+    "bench_scale.py",
+]
 
 
 def main() -> int:
