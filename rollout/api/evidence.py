@@ -3,7 +3,7 @@
 A journal's own hash chain proves nothing against someone who rewrites it whole; the
 heads kept elsewhere do: the head file, report.md, the status documents delivered to
 files, a head from a CI log (`--head`), a signed head (`head.sig`). `verify` checks the
-chain against all of them and re-loads the stored plan copy against its digest.
+chain against all of them and recomputes the stored plan copy's digest.
 """
 
 from __future__ import annotations
@@ -194,8 +194,13 @@ def _read_status_file(path: Path) -> list[str]:
 
 
 def plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
-    """Re-load the stored plan copy and compare its digest (None when there is no copy)."""
-    from rollout.planfile import load_plan
+    """Recompute the stored plan copy's digest and compare it (None when there is no copy).
+
+    By digest alone, without validating the copy again: it validated when the run
+    started, and any edit to it changes the digest (most of verify's time went into
+    re-validating a plan of thousands of steps).
+    """
+    from rollout.planfile import plan_file_digest
 
     copy = rundir.path / "plan"
     if recorded is None or not copy.is_dir():
@@ -206,7 +211,7 @@ def plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
         candidates = sorted(copy.rglob(main.name)) if main.name else []
         if not candidates:
             return None
-        return load_plan(candidates[0]).digest == recorded
+        return plan_file_digest(candidates[0]) == recorded
     except RolloutError:
         return False
 
