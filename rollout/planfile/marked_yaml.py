@@ -62,9 +62,14 @@ class _Builder:
             path=format_loc(loc) or None,
         )
 
-    def build_document(self, node: yaml.Node) -> Any:
-        """Plain data from a whole document, refusing an alias bomb before expanding it."""
-        self._refuse_runaway_aliases(node)
+    def build_document(self, node: yaml.Node, *, anchors: bool = True) -> Any:
+        """Plain data from a whole document, refusing an alias bomb before expanding it.
+
+        `anchors=False` says the text has no '&' at all, so no node is shared and the
+        builder's own node count is the whole story: sizing the graph first is skipped.
+        """
+        if anchors:
+            self._refuse_runaway_aliases(node)
         return self.build(node, ())
 
     def _refuse_runaway_aliases(self, root: yaml.Node) -> None:
@@ -274,14 +279,14 @@ def _parse(text: str, name: str) -> tuple[yaml.Node, _Builder, Any] | None:
             if node is None:
                 return None
             builder = _Builder(name)
-            return node, builder, builder.build_document(node)
+            return node, builder, builder.build_document(node, anchors="&" in text)
         except (yaml.YAMLError, PlanError):
             pass
     node = _compose(text, name)
     if node is None:
         return None
     builder = _Builder(name)
-    return node, builder, builder.build_document(node)
+    return node, builder, builder.build_document(node, anchors="&" in text)
 
 
 def parse_marked(text: str, name: str) -> MarkedDocument | None:
