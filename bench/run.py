@@ -17,6 +17,7 @@ ORDER = [
     "bench_ssh.py",
     "bench_metadata.py",
     "bench_scale.py",
+    "bench_steps.py",
 ]
 
 

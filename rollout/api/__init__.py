@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from rollout.event import EventKind as EventKind
     from rollout.event import Outcome as Outcome
     from rollout.exits import exit_status_for as exit_status_for
+    from rollout.model import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
     from rollout.planfile import LoadedPlan as LoadedPlan
     from rollout.report.timeline import describe_event as describe_event
 
@@ -91,12 +92,14 @@ _HOMES = {
     "rollout.errors": ("ExitStatus",),
     "rollout.event": ("Event", "EventKind", "Outcome"),
     "rollout.exits": ("exit_status_for",),
+    "rollout.model": ("DEFAULT_CONCURRENCY",),
     "rollout.planfile": ("LoadedPlan",),
     "rollout.report.timeline": ("describe_event",),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
     "AlreadySettled",
     "Event",
     "EventKind",

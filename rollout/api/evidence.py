@@ -3,7 +3,7 @@
 A journal's own hash chain proves nothing against someone who rewrites it whole; the
 heads kept elsewhere do: the head file, report.md, the status documents delivered to
 files, a head from a CI log (`--head`), a signed head (`head.sig`). `verify` checks the
-chain against all of them and re-loads the stored plan copy against its digest.
+chain against all of them and recomputes the stored plan copy's digest.
 """
 
 from __future__ import annotations
@@ -16,8 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollout.api import dirs
-from rollout.errors import RolloutError, UsageError
-from rollout.journal import Anchor, Record, head_path, parse_head, read_head_file, read_journal, verify_journal
+from rollout.errors import JournalError, RolloutError, UsageError
+from rollout.journal import (
+    Anchor,
+    JournalReading,
+    Record,
+    head_path,
+    parse_head,
+    read_head_file,
+    read_journal,
+    verify_journal,
+)
 from rollout.runstore import RunDir, find_run
 
 STATUS_FILE_CAP = 16 * 1024 * 1024
@@ -91,13 +100,14 @@ def verify(
             from rollout.signing import verify_head_signature
 
             signer = verify_head_signature(head_path(rundir.journal), allowed_signers)
-        anchors.extend(found_anchors(rundir, _records_or_none(rundir)))
+        reading = _reading(rundir)
+        anchors.extend(found_anchors(rundir, reading.records if isinstance(reading, JournalReading) else ()))
     except UsageError:
         raise
     except RolloutError as exc:
         # an anchor or signature that cannot be trusted at all: damaged
         return Verification(rundir.run_id, ok=False, reason=str(exc), untrusted=True)
-    result = verify_journal(rundir.journal, plan_digest=recorded, anchors=tuple(anchors))
+    result = verify_journal(rundir.journal, plan_digest=recorded, anchors=tuple(anchors), reading=reading)
     plan_ok = plan_copy_matches(rundir, recorded)
     return Verification(
         run_id=rundir.run_id,
@@ -115,12 +125,17 @@ def verify(
     )
 
 
-def _records_or_none(rundir: RunDir) -> tuple[Record, ...]:
-    """The journal's records, or none when it cannot be read (verify_journal then names the damage)."""
+def _reading(rundir: RunDir) -> JournalReading | JournalError | None:
+    """The journal read once for anchors and chain: the error when it cannot be (verify_journal names the damage).
+
+    None for any other failure: verify_journal then reads the journal itself.
+    """
     try:
-        return read_journal(rundir.journal).records
+        return read_journal(rundir.journal)
+    except JournalError as exc:
+        return exc
     except RolloutError:
-        return ()
+        return None
 
 
 def found_anchors(rundir: RunDir, records: tuple[Record, ...]) -> tuple[Anchor, ...]:
@@ -194,8 +209,13 @@ def _read_status_file(path: Path) -> list[str]:
 
 
 def plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
-    """Re-load the stored plan copy and compare its digest (None when there is no copy)."""
-    from rollout.planfile import load_plan
+    """Recompute the stored plan copy's digest and compare it (None when there is no copy).
+
+    By digest alone, without validating the copy again: it validated when the run
+    started, and any edit to it changes the digest (most of verify's time went into
+    re-validating a plan of thousands of steps).
+    """
+    from rollout.planfile import plan_file_digest
 
     copy = rundir.path / "plan"
     if recorded is None or not copy.is_dir():
@@ -206,7 +226,7 @@ def plan_copy_matches(rundir: RunDir, recorded: str | None) -> bool | None:
         candidates = sorted(copy.rglob(main.name)) if main.name else []
         if not candidates:
             return None
-        return load_plan(candidates[0]).digest == recorded
+        return plan_file_digest(candidates[0]) == recorded
     except RolloutError:
         return False
 

@@ -39,6 +39,15 @@ def runs(
         )
 
 
+TIMELINE_BLOCK = 500  # timeline lines per console write
+
+
+def _flush(block: list[str]) -> None:
+    if block:
+        terminal.print("\n".join(block))
+        block.clear()
+
+
 def _timeline_line(record: Any) -> str:
     from rollout.api import describe_event
 
@@ -60,12 +69,21 @@ def timeline(
     """The journal as a readable timeline in UTC with milliseconds."""
     from rollout import api
 
+    # Lines go out in blocks: one console write per line was most of the time a long
+    # journal took. Following a live run, each line goes out as it comes.
+    block: list[str] = []
+    size = 1 if follow else TIMELINE_BLOCK
     try:
         records = api.timeline(run_id, state_dir=state_dir_opt, follow=follow)
         for record in records:
-            terminal.print(json.dumps(record.to_dict()) if as_json else _timeline_line(record))
+            block.append(json.dumps(record.to_dict()) if as_json else _timeline_line(record))
+            if len(block) >= size:
+                terminal.print("\n".join(block))
+                block.clear()
     except RolloutError as exc:
+        _flush(block)  # the lines read before the damage, as they always were
         fail(exc)
+    _flush(block)
     if records.torn:
         terminal.error(
             f"warning: the last line of {records.run.journal} is torn (the writer died mid-line); it was not shown"

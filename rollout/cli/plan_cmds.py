@@ -159,7 +159,7 @@ def plan_command(
         f"plan {p.name}  digest {schedule.digest}",
         f"environment {env} ({envspec.connection}{', rehearsal' if envspec.rehearsal else ''}), {len(schedule.hosts)} hosts",
         f"strategy: waves {', '.join(s['waves'])}; bake {s['bake']}; failure budget {s['failure_budget']} "
-        f"host(s); concurrency {s['concurrency'] or 'all hosts of a wave'}",
+        f"host(s); concurrency {s['concurrency'] or f'all hosts of a wave, up to {api.DEFAULT_CONCURRENCY} at once'}",
     ]
     if schedule.skipped_waves:
         lines.append(f"note: waves {', '.join(schedule.skipped_waves)} add no hosts here and are skipped")

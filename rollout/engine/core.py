@@ -78,6 +78,9 @@ class EngineCore:
         self._rolling_back_hosts: set[str] = set()  # within-budget rollbacks in progress
         self._fatal: JournalError | None = None
         self._applied: dict[str, list[AppliedStep]] = {h: [] for h in schedule.hosts}
+        # The identities of the AppliedSteps in `_applied`: a retry asks "already tracked?"
+        # on every attempt, which must not scan a stack that grows with the run.
+        self._tracked: set[int] = set()
         self._failed_hosts: list[str] = []
         self._unreachable: dict[str, str] = {}
         self._host_rollbacks: list[tuple[str, str]] = []
@@ -216,6 +219,25 @@ class EngineCore:
     def _changed_anything(self) -> bool:
         with self._state_lock:
             return any(self._applied.values())
+
+    def _track_applied(self, applied: AppliedStep) -> None:
+        """Put a step that is about to start on its host's rollback stack (once, whatever the attempts)."""
+        with self._state_lock:
+            if id(applied) not in self._tracked:
+                self._tracked.add(id(applied))
+                self._applied[applied.host].append(applied)
+
+    def _untrack_applied(self, applied: AppliedStep) -> None:
+        """Take a step that never started off its host's rollback stack."""
+        with self._state_lock:
+            if id(applied) in self._tracked:
+                self._tracked.discard(id(applied))
+                stack = self._applied[applied.host]
+                # It is the newest entry: a host's steps run one after another.
+                for pos in range(len(stack) - 1, -1, -1):
+                    if stack[pos] is applied:
+                        del stack[pos]
+                        break
 
     def _internal_error(self, exc: BaseException, *, where: str) -> None:
         """An unexpected exception: abort with it as the cause (the first cause still wins)."""

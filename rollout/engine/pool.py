@@ -8,6 +8,11 @@ never cancelled: while the run is rolling back, the pool only waits.
 
 The abort is journaled as soon as the pool sees it with work still in flight, not when
 that work finishes: the evidence must show when the decision was taken.
+
+The pool is sized by the plan's `strategy.concurrency` (DEFAULT_CONCURRENCY when unset),
+never by the fleet: a host waiting for its turn is a queued call, not a thread, so a
+1,000-host wave with concurrency 50 holds 50 host threads. A rollback takes every host
+back at once, up to the larger of the two, since waiting is what leaves a fleet half changed.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from rollout.engine.prepare import HostPlan
 from rollout.errors import JournalError
+from rollout.model import DEFAULT_CONCURRENCY
 
-MAX_WORKERS = 64
 POLL = 0.05  # how soon the waiting loop notices an abort or a second interrupt
 
 
@@ -46,10 +51,15 @@ class WorkerPool:
         self._journal_abort = journal_abort
         self._cancel_forward = cancel_forward
         self._worker_failed = worker_failed
-        self._concurrency = concurrency
+        self.size = concurrency or DEFAULT_CONCURRENCY
 
-    def run(self, fn: Callable[[HostPlan], None], hosts: Iterable[HostPlan], limit: int | None = None) -> None:
-        """Run fn over hosts in threads; re-raise the first JournalError.
+    def workers(self, hosts: int, *, rollback: bool = False) -> int:
+        """How many host threads a call over this many hosts uses: min(hosts, the pool's size)."""
+        size = max(self.size, DEFAULT_CONCURRENCY) if rollback else self.size
+        return max(1, min(hosts, size))
+
+    def run(self, fn: Callable[[HostPlan], None], hosts: Iterable[HostPlan], *, rollback: bool = False) -> None:
+        """Run fn over hosts in at most `workers()` threads; re-raise the first JournalError.
 
         Any other exception in a worker is rollout's own failure: it aborts the run at
         once (the other hosts stop starting steps) and becomes the cause of the abort.
@@ -67,8 +77,8 @@ class WorkerPool:
                 self._worker_failed(exc, f"the worker for {host.name}")
                 raise
 
-        workers = min(len(items), limit or self._concurrency or len(items), MAX_WORKERS)
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="host") as pool:
+        workers = self.workers(len(items), rollback=rollback)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="host") as pool:
             futures = [pool.submit(guarded, h) for h in items]
             self._wait(futures)
         for fut in futures:

@@ -61,6 +61,7 @@ class RollbackMixin(EngineCore):
         self._rolling_back = True
         if applied is not None:
             self._applied = {h: list(v) for h, v in applied.items()}
+            self._tracked = {id(a) for stack in self._applied.values() for a in stack}
         plan = plan or {h: list(names) for h, names in self._still_applied(irreversible=True).items()}
         self._emit(Event(EventKind.ROLLBACK_START, data={"plan": plan, "cause": cause.summary}), sync=True)
         if not self.guards.empty and not self.guards.running:  # recovery, or after the final freeze
@@ -76,7 +77,7 @@ class RollbackMixin(EngineCore):
                 undone.extend(u)
 
         hosts = [self.schedule.hosts[h] for h in self._still_applied(irreversible=True)]
-        self._pool.run(host_rollback, hosts, limit=len(hosts) or 1)
+        self._pool.run(host_rollback, hosts, rollback=True)
         remaining = self._still_applied()
         irreversible = self._irreversible_left()
         # Only the failures that still stand: the last attempt on a step that is still applied.

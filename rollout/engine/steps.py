@@ -86,9 +86,7 @@ class StepsMixin(EngineCore):
         )
         if not self._emit_intent(intent):
             return None
-        with self._state_lock:
-            if applied not in self._applied[host.name]:
-                self._applied[host.name].append(applied)
+        self._track_applied(applied)
         try:
             result = ex.run(
                 step.run,
@@ -165,9 +163,7 @@ class StepsMixin(EngineCore):
 
     def _not_started(self, wave: int, host: HostPlan, applied: AppliedStep, exc: ConnectError) -> Cause:
         """The host could not be reached: the step never started, so there is nothing to roll back."""
-        with self._state_lock:
-            if applied in self._applied[host.name]:
-                self._applied[host.name].remove(applied)
+        self._untrack_applied(applied)
         self._emit(
             Event(
                 EventKind.STEP_RESULT,

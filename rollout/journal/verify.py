@@ -52,12 +52,20 @@ def verify_journal(
     plan_digest: str | None = None,
     expect_head: str | None = None,
     anchors: tuple[Anchor, ...] = (),
+    reading: JournalReading | JournalError | None = None,
 ) -> Verification:
-    """Recompute the hash chain from the genesis, check it against every anchor given, and say whether it can be trusted."""
-    try:
-        reading = read_journal(path)
-    except JournalError as exc:
-        return _unreadable(exc)
+    """Recompute the hash chain from the genesis, check it against every anchor given, and say whether it can be trusted.
+
+    `reading` is what read_journal(path) returned or raised, when the caller already read
+    the journal (to find its anchors): reading thousands of lines twice doubled the cost.
+    """
+    if reading is None:
+        try:
+            reading = read_journal(path)
+        except JournalError as exc:
+            reading = exc
+    if isinstance(reading, JournalError):
+        return _unreadable(reading)
     distrust = (
         # Anchors first: a head is recorded only once its line is on disk, so a torn line
         # that an anchor covers was cut after the fact, not torn by a crash.

@@ -37,10 +37,11 @@ from rollout.model.checks import (
 )
 from rollout.model.hosts import Environment, Host, ParityFact, SshOptions
 from rollout.model.plan import FileSink, FreezeWindow, Notify, Plan, WebhookSink
-from rollout.model.steps import Step, Strategy
+from rollout.model.steps import DEFAULT_CONCURRENCY, Step, Strategy
 
 __all__ = [
     "CHECK_KINDS",
+    "DEFAULT_CONCURRENCY",
     "NAME_PATTERN",
     "BakeDuration",
     "Bound",

@@ -84,8 +84,11 @@ class Plan(Model):
     def _some_steps(cls, value: list[Step]) -> list[Step]:
         if not value:
             raise ValueError("a plan needs at least one step")
-        names = [s.name for s in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for step in value:
+            (repeated if step.name in seen else seen).add(step.name)
+        dupes = sorted(repeated)
         if dupes:
             raise ValueError(f"step names must be unique: {', '.join(dupes)} used more than once")
         return value

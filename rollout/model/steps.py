@@ -43,6 +43,11 @@ class Step(Model):
         return self.rollback.strip().lower() == "none"
 
 
+# Hosts at once within a wave when the plan does not say: all of a wave of up to 64 hosts
+# (the common case runs every host together), and a bounded thread pool beyond that.
+DEFAULT_CONCURRENCY = 64
+
+
 def _all_hosts_in_one_wave() -> list[int | Percent | str]:
     return [Percent(100.0)]
 
@@ -58,7 +63,11 @@ class Strategy(Model):
     failure_budget: CountOrPercent = Field(
         default=0, description="hosts that may fail (and are rolled back) before the run aborts"
     )
-    concurrency: int | None = Field(default=None, ge=1, description="hosts at once within a wave")
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"hosts at once within a wave (default: all of the wave, up to {DEFAULT_CONCURRENCY})",
+    )
 
     @field_validator("waves")
     @classmethod

@@ -10,7 +10,7 @@ It must never run anything or touch a target: loading a plan has no side effects
 """
 
 from rollout.errors import TemplateError
-from rollout.planfile.loading import MAX_PLAN_BYTES, LoadedPlan, load_plan, plan_digest
+from rollout.planfile.loading import MAX_PLAN_BYTES, LoadedPlan, load_plan, plan_digest, plan_file_digest
 from rollout.planfile.locations import Loc, Mark, SourceMap, error_at, format_loc
 from rollout.planfile.marked_yaml import MAX_DEPTH, MAX_NODES, MarkedDocument, load_yaml_document, parse_marked
 from rollout.planfile.render import (
@@ -50,6 +50,7 @@ __all__ = [
     "load_yaml_document",
     "parse_marked",
     "plan_digest",
+    "plan_file_digest",
     "plan_json_schema",
     "plan_variable_names",
     "render_model",

@@ -287,6 +287,19 @@ def plan_digest(documents: Sequence[tuple[str, Any]]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def plan_file_digest(path: str | Path) -> str:
+    """The digest `load_plan` computes for this plan file, without validating the plan.
+
+    For checking a stored copy against the digest its run recorded: the copy validated
+    when the run started, and any edit to it, valid or not, changes the digest.
+    Raises PlanError when the file or an include cannot be read or parsed.
+    """
+    path = Path(path)
+    loader = _Loader(path.parent)
+    loader.load(path, str(path), (path.resolve(),))
+    return plan_digest(loader.documents)
+
+
 def load_plan(path: str | Path) -> LoadedPlan:
     """Read, parse and validate a plan file (and its includes)."""
     path = Path(path)

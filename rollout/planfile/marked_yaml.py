@@ -37,6 +37,9 @@ _SAFE_TAGS = {
 }
 
 
+_STR = "tag:yaml.org,2002:str"
+
+
 class _Builder:
     """Builds plain data from a composed node graph, recording marks and enforcing caps."""
 
@@ -59,9 +62,14 @@ class _Builder:
             path=format_loc(loc) or None,
         )
 
-    def build_document(self, node: yaml.Node) -> Any:
-        """Plain data from a whole document, refusing an alias bomb before expanding it."""
-        self._refuse_runaway_aliases(node)
+    def build_document(self, node: yaml.Node, *, anchors: bool = True) -> Any:
+        """Plain data from a whole document, refusing an alias bomb before expanding it.
+
+        `anchors=False` says the text has no '&' at all, so no node is shared and the
+        builder's own node count is the whole story: sizing the graph first is skipped.
+        """
+        if anchors:
+            self._refuse_runaway_aliases(node)
         return self.build(node, ())
 
     def _refuse_runaway_aliases(self, root: yaml.Node) -> None:
@@ -118,7 +126,8 @@ class _Builder:
     def build(self, node: yaml.Node, loc: Loc, depth: int = 0) -> Any:
         """Plain data from `node` at `loc`, recording its mark."""
         self._admit(node, loc, depth)
-        self.marks.setdefault(loc, self.mark(node))
+        if loc not in self.marks:
+            self.marks[loc] = self.mark(node)
         if isinstance(node, yaml.ScalarNode):
             return self._build_scalar(node, loc)
         if isinstance(node, yaml.SequenceNode):
@@ -147,6 +156,8 @@ class _Builder:
             )
 
     def _build_scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        if node.tag == _STR:
+            return node.value  # what the constructor returns for a string, without its bookkeeping
         try:
             value = self._scalars.construct_object(node)
         except yaml.YAMLError as exc:
@@ -173,8 +184,7 @@ class _Builder:
                     (*loc, key),
                     f"duplicate key '{key}' (first defined at line {first.line})",
                 )
-            seen[key] = self.mark(key_node)
-            self.marks[(*loc, key)] = self.mark(key_node)
+            seen[key] = self.marks[(*loc, key)] = self.mark(key_node)
             out[key] = self.build(value_node, (*loc, key), depth + 1)
         for k, v in merged.items():
             out.setdefault(k, v)
@@ -184,6 +194,8 @@ class _Builder:
         """A mapping key as a string: plain scalars only, and never a boolean."""
         if not isinstance(key_node, yaml.ScalarNode):
             raise self.fail(key_node, loc, "a mapping key must be a plain scalar")
+        if key_node.tag == _STR:
+            return str(key_node.value)
         key = self._scalars.construct_object(key_node)
         if not isinstance(key, str | int) or isinstance(key, bool):
             raise self.fail(key_node, loc, f"a mapping key must be a string, got {key!r}")
@@ -198,6 +210,9 @@ class _Builder:
                 raise self.fail(child, loc, "'<<' merges a mapping (or a list of mappings)")
             sources.append(value)
         return sources
+
+
+_FAST_LOADER: type[yaml.CSafeLoader] | None = yaml.CSafeLoader if yaml.__with_libyaml__ else None
 
 
 class _DepthLimitedLoader(yaml.SafeLoader):
@@ -248,19 +263,42 @@ class MarkedDocument:
     start: Mark  # where the document's top-level value begins
 
 
-def parse_marked(text: str, name: str) -> MarkedDocument | None:
-    """Parse one YAML document safely, keeping marks; None for an empty document."""
+def _parse(text: str, name: str) -> tuple[yaml.Node, _Builder, Any] | None:
+    """Compose and build one document: libyaml first; on any refusal, the pure-Python path.
+
+    Every document libyaml refuses (or the builder refuses after it) is parsed again by
+    the pure-Python parser, so errors read exactly as they always have, and a document
+    only the pure-Python parser accepts is still accepted. libyaml composes several times
+    faster; it refuses nesting deeper than 1,000 levels itself, so its (C) recursion is
+    bounded, and the builder enforces the tighter MAX_DEPTH.
+    """
+    fast = _FAST_LOADER
+    if fast is not None:
+        try:
+            node = yaml.compose(text, Loader=fast)
+            if node is None:
+                return None
+            builder = _Builder(name)
+            return node, builder, builder.build_document(node, anchors="&" in text)
+        except (yaml.YAMLError, PlanError):
+            pass
     node = _compose(text, name)
     if node is None:
         return None
     builder = _Builder(name)
-    data = builder.build_document(node)
+    return node, builder, builder.build_document(node, anchors="&" in text)
+
+
+def parse_marked(text: str, name: str) -> MarkedDocument | None:
+    """Parse one YAML document safely, keeping marks; None for an empty document."""
+    parsed = _parse(text, name)
+    if parsed is None:
+        return None
+    node, builder, data = parsed
     return MarkedDocument(data=data, marks=builder.marks, start=builder.mark(node))
 
 
 def load_yaml_document(text: str, name: str) -> Any:
     """Parse one YAML document safely (no tags, no duplicate keys, capped aliases)."""
-    node = _compose(text, name)
-    if node is None:
-        return None
-    return _Builder(name).build_document(node)
+    parsed = _parse(text, name)
+    return None if parsed is None else parsed[2]
