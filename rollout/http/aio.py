@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -72,7 +73,7 @@ class _Stale(Exception):
     """A kept connection the server had closed before it sent a byte of the response."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Target:
     origin: _Origin
     host_header: str
@@ -202,6 +203,8 @@ class AsyncHttpPool:
                 conn.close()
 
 
+# A guard asks the same URL every `every`: parse it once (errors are not cached, so they recur).
+@lru_cache(maxsize=4096)
 def _target(url: str) -> _Target:
     try:
         parts = urlsplit(url)
@@ -226,16 +229,26 @@ def _request_bytes(protocol: h11.Connection, method: str, target: _Target, heade
     """The request head (no body) with httpx's default headers, the check's own taking precedence."""
     import h11
 
-    given = {k.lower() for k in headers}
-    fields = [(k, v) for k, v in _default_headers(target) if k.lower() not in given]
-    fields += [(k, v) for k, v in headers.items()]
-    if method in ("POST", "PUT") and "content-length" not in given:
-        fields.append(("Content-Length", "0"))
     try:
-        head = protocol.send(h11.Request(method=method, target=target.path, headers=fields))
+        head = protocol.send(_request_event(method, target, tuple(headers.items())))
+        return (head or b"") + (protocol.send(h11.EndOfMessage()) or b"")
     except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
         raise HttpFailure(f"{type(exc).__name__}: {exc}", str(exc)) from exc
-    return (head or b"") + (protocol.send(h11.EndOfMessage()) or b"")
+
+
+# Building and validating a request's headers is most of h11's cost per probe, and a guard
+# sends the same request every `every`: h11's events are immutable, so one serves them all.
+@lru_cache(maxsize=4096)
+def _request_event(method: str, target: _Target, headers: tuple[tuple[str, str], ...]) -> h11.Request:
+    """The h11 request event for a method, target and the check's own headers."""
+    import h11
+
+    given = {k.lower() for k, _ in headers}
+    fields = [(k, v) for k, v in _default_headers(target) if k.lower() not in given]
+    fields += list(headers)
+    if method in ("POST", "PUT") and "content-length" not in given:
+        fields.append(("Content-Length", "0"))
+    return h11.Request(method=method, target=target.path, headers=fields)
 
 
 def _default_headers(target: _Target) -> list[tuple[str, str]]:
