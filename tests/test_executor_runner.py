@@ -303,3 +303,52 @@ def test_the_runner_and_the_tables_do_not_import_paramiko() -> None:
 def test_no_executor_module_is_over_450_lines() -> None:
     for path in EXECUTORS.glob("*.py"):
         assert len(path.read_text().splitlines()) <= 450, path.name
+
+
+class _ArrivedWithEof:
+    """A channel whose transport thread delivered the last output together with EOF and the exit."""
+
+    def __init__(self) -> None:
+        self.stdout = bytearray(b"4242\nstill usable\n")
+        self.eof_received = True
+        self.closed = False
+
+    def recv_ready(self) -> bool:
+        return bool(self.stdout)
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.stdout[:] = bytes(self.stdout[:size]), self.stdout[size:]
+        return chunk
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def exit_status_ready(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return -1
+
+
+def test_ssh_output_that_arrives_with_eof_is_read_before_the_command_counts_as_drained() -> None:
+    """paramiko flags EOF from its own thread: output buffered before it must still be read."""
+    from rollout.executors.ssh_process import RemoteProcess
+
+    channel = _ArrivedWithEof()
+    process = RemoteProcess(
+        channel,  # type: ignore[arg-type]
+        target=Target("h1"),
+        remote_command="echo still usable",
+        stdin=None,
+        output_cap=1024,
+        on_start=None,
+        control=lambda _script: True,
+        orphan=lambda _pgid: None,
+        forget=lambda _process: None,
+    )
+    assert process.exited()
+    assert not process.drained(), "EOF is flagged, but output before it has not been read"
+    process._read()
+    assert process.drained()
+    assert process.pgid == 4242
+    assert process.out.text() == "still usable\n"

@@ -226,8 +226,14 @@ class RemoteProcess(Process):
         return self.channel.exit_status_ready()
 
     def drained(self) -> bool:
-        """True once the remote side sent EOF."""
-        return bool(self.channel.eof_received)
+        """True once the remote side sent EOF and every byte before it has been read.
+
+        paramiko's transport thread buffers data and then flags EOF, independently of our
+        reads: output that arrived with the EOF after the last read must still be read, so
+        EOF is looked at first and the buffers after it.
+        """
+        channel = self.channel
+        return bool(channel.eof_received) and not channel.recv_ready() and not channel.recv_stderr_ready()
 
     def kill(self) -> None:
         """Kill the remote group now, or as soon as it is reported."""
@@ -253,6 +259,8 @@ class RemoteProcess(Process):
     def finish(self, *, killed: bool) -> None:
         """Collect the exit status, then end what the command left running in its group."""
         channel = self.channel
+        if not killed:
+            self._read()  # what arrived since the last read (past the linger, nothing signals it)
         if not killed and channel.exit_status_ready():
             if channel.exit_status < 0 and not transport_alive(channel):
                 # paramiko marks a channel closed by a dead transport "exit status ready"
