@@ -369,3 +369,18 @@ class Result:
 
 
 Cli = Callable[..., Result]
+
+
+def marked_pids(run_id: str) -> list[int]:
+    """Live processes on this machine whose environment names `run_id` (what recover must end)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"ROLLOUT_RUN={run_id}".encode() in environ and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

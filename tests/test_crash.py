@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import cli_env, events, pid_alive, rollout, run_args, run_id_of, write_plan
+from tests.helpers import cli_env, events, marked_pids, rollout, run_args, run_id_of, write_plan
 
 HOSTS = ("h1", "h2", "h3")
 
@@ -95,20 +95,6 @@ def at_start(work: Path, host: str) -> bool:
 def at_end(work: Path, host: str) -> bool:
     """The host completed the upgrade."""
     return (work / f"{host}.version").read_text() == "v2\n"
-
-
-def marked_pids(run_id: str) -> list[int]:
-    """Live processes whose environment names `run_id`: what recover must have ended."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"ROLLOUT_RUN={run_id}".encode() in environ and pid_alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 def complete_run(tmp_path: Path) -> list[dict[str, Any]]:

@@ -33,7 +33,17 @@ from rollout.event import Event, EventKind
 from rollout.executors import Target, open_executor
 from rollout.planfile import load_plan
 from tests.conftest_sshd import SshdServer
-from tests.helpers import events, pid_alive, rollout, run_args, run_id_of, start_rollout, wait_for_event, write_plan
+from tests.helpers import (
+    events,
+    marked_pids,
+    pid_alive,
+    rollout,
+    run_args,
+    run_id_of,
+    start_rollout,
+    wait_for_event,
+    write_plan,
+)
 from tests.test_engine_journal_failure import FailingJournal
 
 HOSTS = ("h1", "h2", "h3", "h4")
@@ -46,21 +56,6 @@ GATE = "release"
 def gate_wait(gate: Path) -> str:
     """Shell that blocks until `gate` exists (a bounded loop: the test never forgets to open it)."""
     return f"n=0; while [ ! -e {gate} ] && [ $n -lt 1200 ]; do sleep 0.05; n=$((n+1)); done"
-
-
-def marked_pids(run_id: str) -> list[int]:
-    """Live processes on this machine whose environment names `run_id` (what recover must end)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"ROLLOUT_RUN={run_id}".encode() in environ and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def slow_plan(tmp_path: Path) -> Path:
