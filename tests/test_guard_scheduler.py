@@ -27,7 +27,7 @@ import pytest
 from rollout.engine.events import Bus
 from rollout.engine.guards import GREEN, GuardMonitor
 from rollout.engine.probe import CheckRunner
-from rollout.engine.scheduler import Slot
+from rollout.engine.scheduler import ProbeScheduler, Slot
 from rollout.event import Event, EventKind
 from rollout.executors.base import Executor
 from rollout.model import Guard
@@ -249,8 +249,8 @@ def test_a_starved_prober_reports_lag_and_inconclusive_probes_never_a_failure(
     monitor.start()
     try:
         assert monitor.wait_all_green(20)
-        scheduler = monitor._scheduler
-        assert scheduler is not None
+        (scheduler,) = monitor._schedulers
+        assert isinstance(scheduler, ProbeScheduler)
         for _ in range(3):
             # starve the loop (as a saturated machine would) while a probe is in flight
             server.got_request.clear()

@@ -2,7 +2,9 @@
 
 Probes are timed and run by one ProbeScheduler (rollout.engine.scheduler): one event loop
 for HTTP and TCP, a small pool for commands, never a thread per guard, so detection keeps
-its pace on a 1,000-host fleet. States are journaled on change only (green -> failing ->
+its pace on a 1,000-host fleet. From PROCESS_MIN_SLOTS HTTP and TCP guards on, their loop
+runs in a process of its own (rollout.engine.prober), where the host workers cannot make
+a probe start late. States are journaled on change only (green -> failing ->
 tripped -> green), with the probe's values; so is lag (`guard.lagging`, `guard.caught_up`),
 once per episode, and just before the run's verdict, one `guards.stop` summary of how
 punctual the probes were. A probe the scheduler calls inconclusive (its deadline ran out
@@ -29,12 +31,14 @@ from functools import partial
 from rollout.checks import Verdict
 from rollout.engine.events import Bus
 from rollout.engine.probe import CheckRunner
+from rollout.engine.prober import ProcessProber
 from rollout.engine.scheduler import ProbeScheduler, ProbeStats, Slot
 from rollout.errors import JournalError
 from rollout.event import Event, EventKind
 from rollout.executors.base import Executor
 from rollout.model import Guard
 
+PROCESS_MIN_SLOTS = 32  # HTTP and TCP guard slots from which probing gets a process of its own
 GREEN = "green"
 FAILING = "failing"
 TRIPPED = "tripped"
@@ -67,6 +71,7 @@ class GuardMonitor:
         on_trip: TripHandler,
         on_fatal: Callable[[JournalError], None],
         clock: Callable[[], float] = time.monotonic,
+        own_process: bool | None = None,
     ) -> None:
         self._executors = executors
         self._runner = runner
@@ -79,7 +84,11 @@ class GuardMonitor:
         self.states = {(host, i): GuardState(host, g) for host, gs in guards.items() for i, g in enumerate(gs)}
         self._slots = [Slot(host, i, state.guard) for (host, i), state in self.states.items()]
         self.stats = ProbeStats()
-        self._scheduler: ProbeScheduler | None = None
+        self._schedulers: list[ProbeScheduler | ProcessProber] = []
+        on_loop = sum(CheckRunner.on_loop(slot.guard) for slot in self._slots)
+        if own_process is None:  # the child's verdicts are timed on the system's monotonic clock
+            own_process = clock is time.monotonic and on_loop >= PROCESS_MIN_SLOTS
+        self._own_process = own_process
         self._generation = 0  # verdicts of an earlier start are dropped
         self._dead: set[tuple[str, int]] = set()  # guards whose state could not be journaled
         self._waiting: list[float] = []  # the `since` of every wait_settled in progress
@@ -90,7 +99,7 @@ class GuardMonitor:
     @property
     def running(self) -> bool:
         """True while the probe scheduler is running."""
-        return self._scheduler is not None and not self._stop.is_set()
+        return bool(self._schedulers) and not self._stop.is_set()
 
     @property
     def empty(self) -> bool:
@@ -111,27 +120,30 @@ class GuardMonitor:
                     },
                 )
             )
-        if not self.states or self._scheduler is not None:
+        if not self.states or self._schedulers:
             return
         self._generation += 1
-        self._scheduler = ProbeScheduler(
-            self._slots,
-            self._runner,
-            self._executors,
-            self.stats,
-            deliver=partial(self._delivered, self._generation),
-            lag=partial(self._lagged, self._generation),
-            clock=self._clock,
-        )
-        self._scheduler.start()
+        deliver = partial(self._delivered, self._generation)
+        lag = partial(self._lagged, self._generation)
+        slots = self._slots
+        if self._own_process:
+            on_loop = [slot for slot in slots if CheckRunner.on_loop(slot.guard)]
+            slots = [slot for slot in slots if not CheckRunner.on_loop(slot.guard)]
+            self._schedulers.append(ProcessProber(on_loop, self._runner, self._executors, self.stats, deliver, lag))
+        if slots:
+            self._schedulers.append(
+                ProbeScheduler(slots, self._runner, self._executors, self.stats, deliver, lag, clock=self._clock)
+            )
+        for scheduler in self._schedulers:
+            scheduler.start()
 
     def stop(self) -> None:
         """Stop probing; command probes in flight finish first (within their timeout), HTTP and TCP ones are dropped."""
         with self._changed:
             self._stop.set()
             self._changed.notify_all()
-            scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
+            schedulers, self._schedulers = self._schedulers, []
+        for scheduler in schedulers:
             scheduler.stop(wait=30)
 
     def summarise(self) -> None:

@@ -26,9 +26,10 @@ import hashlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from rollout.checks import Verdict
 from rollout.engine.probe import CheckRunner
@@ -86,6 +87,28 @@ class ProbeStats:
             self.started_late += delay > LATE
             self.max_start_delay = max(self.max_start_delay, delay)
             self.histogram[min(int(delay * 1000), HISTOGRAM_MS)] += 1
+
+    def counts(self) -> dict[str, Any]:
+        """Everything counted, in JSON (the histogram sparse), for `merge` in another process."""
+        with self.lock:
+            return {
+                "probes": self.probes,
+                "due": self.due,
+                "skipped": self.skipped,
+                "started_late": self.started_late,
+                "inconclusive": self.inconclusive,
+                "max_start_delay": self.max_start_delay,
+                "histogram": {ms: n for ms, n in enumerate(self.histogram) if n},
+            }
+
+    def merge(self, counts: Mapping[str, Any]) -> None:
+        """Add the counts of another scheduler (`counts()`, perhaps from another process)."""
+        with self.lock:
+            for name in ("probes", "due", "skipped", "started_late", "inconclusive"):
+                setattr(self, name, getattr(self, name) + int(counts[name]))
+            self.max_start_delay = max(self.max_start_delay, float(counts["max_start_delay"]))
+            for ms, n in counts["histogram"].items():
+                self.histogram[min(int(ms), HISTOGRAM_MS)] += int(n)
 
     def summary(self) -> dict[str, int]:
         """The numbers journaled when guards stop for good (delays in whole milliseconds)."""
