@@ -208,7 +208,13 @@ def _ts(text: str) -> float:
 
 
 def _proc_sample(pid: int) -> tuple[float, int, int] | None:
-    """(CPU seconds of the process and its reaped children, VmHWM KB, threads) or None once gone."""
+    """(CPU seconds of the process and all its children, VmHWM KB, threads) or None once gone.
+
+    Children count whether reaped (cutime, cstime) or still running (their own utime and
+    stime, read live): the guard prober is a child that lives as long as the bake. Its
+    resident memory is added to the peak too; short-lived step processes' is not (it is
+    theirs, not rollout's, and would make the peak depend on sampling luck).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
@@ -219,7 +225,34 @@ def _proc_sample(pid: int) -> tuple[float, int, int] | None:
     values = {k: v for k, _, v in (ln.partition(":") for ln in status.splitlines())}
     hwm = int(values.get("VmHWM", "0 kB").split()[0]) if "VmHWM" in values else 0
     threads = int(values.get("Threads", "0"))
-    return cpu, hwm, threads
+    child_cpu, prober_rss = _live_children(pid)
+    return cpu + child_cpu, hwm + prober_rss, threads
+
+
+def _live_children(pid: int) -> tuple[float, int]:
+    """(CPU seconds of `pid`'s running children, resident KB of its guard prober)."""
+    cpu, rss = 0.0, 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return cpu, rss
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                stat = Path(f"/proc/{child}/stat").read_text()
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                status = Path(f"/proc/{child}/status").read_text() if b"rollout.engine.prober" in cmdline else ""
+            except OSError:
+                continue
+            cpu += sum(int(x) for x in stat.rsplit(")", 1)[1].split()[11:13]) / CLK_TCK
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+    return cpu, rss
 
 
 def _exited(pid: int) -> bool:
