@@ -53,7 +53,7 @@ def _timeline_line(record: Any) -> str:
     from rollout.api import describe_event
 
     ts = str(record.ts).replace("T", " ").replace("Z", "")
-    return f"{ts}  {describe_event(record.event)}"
+    return f"{ts}  {describe_event(record)}"
 
 
 @app.command(epilog="Examples:\n\n  rollout timeline last\n\n  rollout timeline 20261123T223012Z --follow")
