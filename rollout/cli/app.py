@@ -131,9 +131,9 @@ def gc_paused() -> Iterator[None]:
 
     Reading a whole plan, journal or document allocates hundreds of thousands of container
     objects that all live until the command ends, and each collection re-scans them for
-    nothing: a third of validating a 5,000-step plan, a fifth of verifying its journal,
-    0.7x of checking a big metadata document (bench/README.md). Libraries never touch the
-    collector; a command that runs as long as a rollout never pauses it.
+    nothing: half of loading a 5,000-step plan, a fifth of verifying its journal, and a big
+    metadata check takes 1.7x the CPU with it on (bench/README.md). Libraries never touch
+    the collector; a command that runs as long as a rollout never pauses it.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -1,8 +1,8 @@
 """Which module registers each command, so a process imports only the command it runs.
 
 `rollout validate plan.yaml` needs the validate command and nothing else: importing every
-command module, and having typer build every command's parameters, was a tenth of its
-start-up. Help, a mistyped command, or no command at all import every module, so the
+command module, and having typer build every command's parameters, was about 30 ms of its
+start-up (a tenth). Help, a mistyped command, or no command at all import every module, so the
 listing, the "No such command" error and its suggestions are the same as ever.
 """
 
