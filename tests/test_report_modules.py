@@ -34,6 +34,16 @@ def test_every_event_kind_has_a_renderer_and_unknown_kinds_fall_back() -> None:
     assert describe_event(Event("future.kind", host="web-1", outcome="ok")) == "web-1: future.kind ok"
 
 
+def test_a_journal_record_reads_as_the_event_it_holds() -> None:
+    from rollout.journal import read_journal
+
+    records = read_journal(ROOT / "tests" / "golden" / "rolled-back" / "journal.jsonl").records
+
+    assert len({r.kind for r in records}) > 10
+    for record in records:
+        assert describe_event(record) == describe_event(record.event)
+
+
 def test_renderers_depend_on_the_report_alone() -> None:
     code = (
         "import sys, rollout.report.markdown, rollout.report.html; "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rollout.cli.app import StateDirOption, app, fail, terminal
+from rollout.cli.app import StateDirOption, app, fail, gc_running, terminal
 from rollout.errors import ExitStatus, RolloutError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def _timeline_line(record: Any) -> str:
     from rollout.api import describe_event
 
     ts = str(record.ts).replace("T", " ").replace("Z", "")
-    return f"{ts}  {describe_event(record.event)}"
+    return f"{ts}  {describe_event(record)}"
 
 
 @app.command(epilog="Examples:\n\n  rollout timeline last\n\n  rollout timeline 20261123T223012Z --follow")
@@ -74,12 +75,14 @@ def timeline(
     block: list[str] = []
     size = 1 if follow else TIMELINE_BLOCK
     try:
-        records = api.timeline(run_id, state_dir=state_dir_opt, follow=follow)
-        for record in records:
-            block.append(json.dumps(record.to_dict()) if as_json else _timeline_line(record))
-            if len(block) >= size:
-                terminal.print("\n".join(block))
-                block.clear()
+        # Following lasts as long as the run: the collector runs, as in any long command.
+        with gc_running() if follow else nullcontext():
+            records = api.timeline(run_id, state_dir=state_dir_opt, follow=follow)
+            for record in records:
+                block.append(json.dumps(record.to_dict()) if as_json else _timeline_line(record))
+                if len(block) >= size:
+                    terminal.print("\n".join(block))
+                    block.clear()
     except RolloutError as exc:
         _flush(block)  # the lines read before the damage, as they always were
         fail(exc)

@@ -7,17 +7,14 @@ registering them must cost `rollout --help` nothing.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from rollout.cli.app import app, fail, terminal
+from rollout.cli.app import app, fail, gc_paused, terminal
 from rollout.cli.metadata_output import diff_lines, junit_cases, print_report
 
 if TYPE_CHECKING:
@@ -43,26 +40,6 @@ _COUNT_OR_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*\Z")
 
 
 # --------------------------------------------------------------------------- input
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a while, as the owner of the process may.
-
-    Parsing and checking a large document allocate millions of container objects that all
-    live until the command ends, and each generation-2 collection re-scans every one of
-    them: the check takes about 1.7x the CPU with it on, at 10k and 100k records
-    (bench/README.md, "who pauses the garbage collector").
-    The validation library leaves the process-wide collector alone; a command, which owns
-    its process, decides.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _usage(message: str) -> RolloutError:

@@ -16,15 +16,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from rollout.errors import PlanError
-from rollout.model import Plan
 from rollout.planfile.locations import Loc, Mark, SourceMap, error_at
 from rollout.planfile.marked_yaml import parse_marked
-from rollout.planfile.validation import translate_validation_error
+
+if TYPE_CHECKING:
+    from rollout.model import Plan
 
 MAX_PLAN_BYTES = 1024 * 1024
 
@@ -302,6 +301,12 @@ def plan_file_digest(path: str | Path) -> str:
 
 def load_plan(path: str | Path) -> LoadedPlan:
     """Read, parse and validate a plan file (and its includes)."""
+    # The model (pydantic) is imported here, not at the top: `plan_file_digest` (verify) needs none of it.
+    from pydantic import ValidationError
+
+    from rollout.model import Plan
+    from rollout.planfile.validation import translate_validation_error
+
     path = Path(path)
     shown = str(path)
     loader = _Loader(path.parent)

@@ -233,6 +233,7 @@ def _location(loaded: LoadedPlan, loc: Loc) -> dict[str, Any]:
 
 
 M = typing.TypeVar("M", bound=BaseModel)
+_SCALARS = (bool, int, float)
 
 
 def render_model(
@@ -246,8 +247,16 @@ def render_model(
 ) -> M:
     """A copy of `obj` with every string field rendered; shell fields are quoted."""
     updates: dict[str, Any] = {}
+    values = obj.__dict__  # where a pydantic model keeps its fields: read without getattr's detour
     for name, info in type(obj).model_fields.items():
-        value = getattr(obj, name)
+        value = values[name]
+        # Nothing to render in a string without a template or in a scalar: most of a plan
+        # of thousands of steps, each rendered for every host.
+        if type(value) is str:
+            if "{{" not in value:
+                continue
+        elif value is None or type(value) in _SCALARS:
+            continue
         key = info.alias or name
         shell = (type(obj).__name__, name) in SHELL_FIELDS
         new = _render_value(loaded, value, (*loc, key), variables, shell, env_name, host_name)

@@ -9,14 +9,14 @@ anything but the journal.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rollout.errors import JournalError
 from rollout.event import EventKind, Outcome
 from rollout.journal import Record, final_run_end
 from rollout.report.clock import clock as _clock
-from rollout.report.clock import parse_ts as _parse_ts
+from rollout.report.clock import offsets_from
 from rollout.report.clock import seconds_between as _seconds
 from rollout.report.records import (
     Evidence,
@@ -128,29 +128,35 @@ def _significant(record: Record) -> bool:
     return True
 
 
-def _timeline(records: Sequence[Record], markers: Mapping[int, str]) -> list[TimelineEntry]:
-    t0 = _parse_ts(records[0].ts)
+# The phase a record of these kinds opens (the timeline's "phase" column)...
+_PHASE_FROM = {
+    EventKind.WAVE_START: "waves",
+    EventKind.GUARDS_START: "waves",
+    EventKind.BAKE_START: "bake",
+    EventKind.ABORT: "abort",
+    EventKind.ROLLBACK_START: "rollback",
+    EventKind.RECOVER_START: "rollback",
+    EventKind.RECOVERY: "recovery",
+}
+
+
+def _timeline(
+    records: Sequence[Record], markers: Mapping[int, str], offset: Callable[[str], float]
+) -> list[TimelineEntry]:
     phase = "pre-checks"
     entries: list[TimelineEntry] = []
     for r in records:
-        if r.kind in (EventKind.WAVE_START, EventKind.GUARDS_START):
-            phase = "waves"
-        elif r.kind == EventKind.BAKE_START:
-            phase = "bake"
-        elif r.kind == EventKind.ABORT:
-            phase = "abort"
-        elif r.kind in (EventKind.ROLLBACK_START, EventKind.RECOVER_START):
-            phase = "rollback"
-        elif r.kind == EventKind.RECOVERY:
-            phase = "recovery"
-        offset = round((_parse_ts(r.ts) - t0).total_seconds(), 3)
+        kind = r.kind
+        phase = _PHASE_FROM.get(kind, phase)
+        at = offset(r.ts)
         if _significant(r):
-            entries.append(TimelineEntry(r.ts, offset, phase, describe_event(r.event)))
+            entries.append(TimelineEntry(r.ts, at, phase, describe_event(r)))
         if r.seq in markers:
-            entries.append(TimelineEntry(r.ts, offset, phase, markers[r.seq], marker=True))
-        if r.kind == EventKind.ROLLBACK_END:
+            entries.append(TimelineEntry(r.ts, at, phase, markers[r.seq], marker=True))
+        # ... and the phase that follows these
+        if kind == EventKind.ROLLBACK_END:
             phase = "recovery"
-        elif r.kind == EventKind.BAKE_END and phase == "bake":
+        elif kind == EventKind.BAKE_END and phase == "bake":
             phase = "waves"
     return entries
 
@@ -244,7 +250,7 @@ def _rollback(records: Sequence[Record]) -> Rollback | None:
             outcome=str(r.outcome),
             exit_code=r.data.get("exit_code"),
             duration_seconds=r.data.get("duration"),
-            summary=describe_event(r.event),
+            summary=describe_event(r),
         )
         for r in results
     ]
@@ -276,14 +282,15 @@ def build_report(records: Sequence[Record], *, run_id: str) -> IncidentReport:
     summary = _summary(records, run_id)
     impact, markers = _impact(records)
     start = records[0].data.get("version") if records[0].kind == EventKind.RUN_START else None
-    bars, segments, span = swimlanes(records)
+    offset = offsets_from(records[0].ts)
+    bars, segments, span = swimlanes(records, offset)
     window: tuple[float, float] | None = None
     if impact is not None:
         window = impact_window(records, impact.begins, impact.ends, span)
     return IncidentReport(
         summary=summary,
         impact=impact,
-        timeline=_timeline(records, markers),
+        timeline=_timeline(records, markers, offset),
         first_failure=_first_failure(records),
         rollback=_rollback(records),
         evidence=Evidence(

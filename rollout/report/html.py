@@ -185,6 +185,8 @@ def _split_row(line: str) -> list[str]:
 
 def _inline(text: str) -> str:
     """Escape, then turn `code` and **bold** into tags."""
+    if "`" not in text and "**" not in text:
+        return escape(text)  # most timeline lines: nothing to split
     out: list[str] = []
     for n, piece in enumerate(text.split("`")):
         if n % 2:

@@ -12,17 +12,17 @@ from collections.abc import Callable, Iterable, Sequence
 
 from rollout.event import EventKind
 from rollout.journal import Record, final_run_end
-from rollout.report.clock import parse_ts
+from rollout.report.clock import offsets_from, parse_ts
 from rollout.report.records import Bar, GuardSegment
 
 Offset = Callable[[Record], float]
 
 
-def _offset_from(records: Sequence[Record]) -> Offset:
-    t0 = parse_ts(records[0].ts)
+def _offset_from(records: Sequence[Record], offset: Callable[[str], float] | None) -> Offset:
+    of_ts = offset or offsets_from(records[0].ts)
 
     def off(r: Record) -> float:
-        return round((parse_ts(r.ts) - t0).total_seconds(), 3)
+        return of_ts(r.ts)
 
     return off
 
@@ -92,9 +92,15 @@ def _worst(states: Iterable[str]) -> str:
     return "green"
 
 
-def swimlanes(records: Sequence[Record]) -> tuple[list[Bar], list[GuardSegment], float]:
-    """The bars, the guard stretches and the span (seconds) of a run, from its journal records."""
-    off = _offset_from(records)
+def swimlanes(
+    records: Sequence[Record], offset: Callable[[str], float] | None = None
+) -> tuple[list[Bar], list[GuardSegment], float]:
+    """The bars, the guard stretches and the span (seconds) of a run, from its journal records.
+
+    `offset` maps a timestamp to its seconds since the first record (`offsets_from`),
+    when the caller already has one.
+    """
+    off = _offset_from(records, offset)
     span = off(records[-1])
     return _bars(records, off, span), _guard_segments(records, off), span
 

@@ -7,12 +7,30 @@ event read by an older tool) falls back to its name and outcome.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from rollout.event import Event, EventKind
+from rollout.event import EventKind
+
+
+class Described(Protocol):
+    """What a line is made of: an Event, or a journal Record (the same fields, no Event built for each line)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def wave(self) -> int | None: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def step(self) -> str | None: ...
+    @property
+    def outcome(self) -> str | None: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
 
 # (the event, its data, "wave N host step: " or "") -> the line
-Renderer = Callable[[Event, Mapping[str, Any], str], str]
+Renderer = Callable[[Described, Mapping[str, Any], str], str]
 
 
 def _short(text: Any, limit: int = 160) -> str:
@@ -20,7 +38,7 @@ def _short(text: Any, limit: int = 160) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-def _run_start(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _run_start(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return (
         f"run {d.get('run_id')} started: plan {d.get('plan')} ({str(d.get('plan_digest'))[:12]}) "
         f"on {d.get('environment')}, {len(d.get('hosts', []))} hosts, {len(d.get('waves', []))} waves, "
@@ -28,27 +46,27 @@ def _run_start(event: Event, d: Mapping[str, Any], prefix: str) -> str:
     )
 
 
-def _precheck(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _precheck(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return f"{prefix}pre-check '{d.get('check')}' {event.outcome}: {_short(d.get('summary'))}"
 
 
-def _prechecks_failed(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _prechecks_failed(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     failed = d.get("failed", [])
     return f"pre-checks FAILED on {len(failed)} check(s); nothing was changed"
 
 
-def _guard_state(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _guard_state(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return f"{prefix}guard '{d.get('guard')}' {str(event.outcome).upper()} ({d.get('consecutive_failures')}/{d.get('fail_after')}): {_short(d.get('summary'))}"
 
 
-def _guard_lagging(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _guard_lagging(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return (
         f"{prefix}guard '{d.get('guard')}' LAGGING: probes start {d.get('late_ms')} ms late"
         f" (every {d.get('every')}s; {d.get('reason')}, {d.get('skipped')} skipped)"
     )
 
 
-def _guards_stop(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _guards_stop(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return (
         f"guards stopped: {d.get('probes')} probes of {d.get('due')} due, {d.get('started_late')} started late,"
         f" start delay p99 {d.get('p99_start_delay_ms')} ms max {d.get('max_start_delay_ms')} ms,"
@@ -56,12 +74,12 @@ def _guards_stop(event: Event, d: Mapping[str, Any], prefix: str) -> str:
     )
 
 
-def _step_intent(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _step_intent(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     attempt = f" (attempt {d.get('attempt')})" if d.get("attempt", 1) != 1 else ""
     return f"{prefix}run{attempt}: {_short(d.get('command'))}"
 
 
-def _result(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _result(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     verb = "rollback" if event.kind == EventKind.ROLLBACK_RESULT else "step"
     if event.outcome == "skipped":
         return f"{prefix}{verb} skipped: {d.get('summary')}"
@@ -72,7 +90,7 @@ def _result(event: Event, d: Mapping[str, Any], prefix: str) -> str:
     return f"{prefix}{verb} {event.outcome}, {detail}"
 
 
-def _bake_extended(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _bake_extended(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     waiting = d.get("waiting_for", [])
     names = ", ".join(f"{w.get('host')} '{w.get('guard')}' ({w.get('state')})" for w in waiting[:5])
     more = f" (+{d.get('guards', 0) - 5} more)" if d.get("guards", 0) > 5 else ""
@@ -80,18 +98,18 @@ def _bake_extended(event: Event, d: Mapping[str, Any], prefix: str) -> str:
     return f"{where} held for up to {d.get('at_most')}: waiting for {names}{more} to be green"
 
 
-def _rollback_start(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _rollback_start(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     plan = d.get("plan", {})
     return f"rollback started on {len(plan)} host(s): " + "; ".join(f"{h}: {', '.join(s)}" for h, s in plan.items())
 
 
-def _rollback_end(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _rollback_end(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return f"rollback {event.outcome}: {len(d.get('undone', []))} step(s) undone" + (
         f", {len(d.get('failed', []))} FAILED" if d.get("failed") else ""
     )
 
 
-def _run_end(event: Event, d: Mapping[str, Any], prefix: str) -> str:
+def _run_end(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     cause = d.get("cause") or {}
     why = f": {_short(cause.get('summary'), 200)}" if cause else ""
     return f"run ended: {str(event.outcome).upper()}{why}"
@@ -133,10 +151,15 @@ RENDERERS: dict[str, Renderer] = {
 }
 
 
-def describe_event(event: Event) -> str:
-    """What happened, in one line, without the timestamp."""
-    where = " ".join(x for x in (f"wave {event.wave}" if event.wave else "", event.host or "", event.step or "") if x)
-    prefix = f"{where}: " if where else ""
+def describe_event(event: Described) -> str:
+    """What happened, in one line, without the timestamp (of an Event, or of the Record that holds one)."""
+    # wave, host and step, those there are (a journal of thousands of lines asks for each)
+    where = [f"wave {event.wave}"] if event.wave else []
+    if event.host:
+        where.append(event.host)
+    if event.step:
+        where.append(event.step)
+    prefix = " ".join(where) + ": " if where else ""
     renderer = RENDERERS.get(event.kind)
     if renderer is None:
         return f"{prefix}{event.kind} {event.outcome or ''}".strip()
