@@ -2,6 +2,7 @@
 
 from rollout.cli import (  # noqa: F401
     demo_cmd,
+    gate_cmds,
     history_cmds,
     lock_cmds,
     metadata_cmds,

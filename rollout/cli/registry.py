@@ -15,6 +15,8 @@ from collections.abc import Sequence
 # tests/test_startup.py checks this table against what the modules register.
 COMMAND_MODULES = {
     "demo": "demo_cmd",
+    "export": "gate_cmds",
+    "gate": "gate_cmds",
     "runs": "history_cmds",
     "timeline": "history_cmds",
     "verify": "history_cmds",
