@@ -163,7 +163,7 @@ def test_closed_while_production_is_locked(tmp_path: Path, lock_dir: Path) -> No
 def test_closed_while_an_earlier_production_run_is_unrecovered(tmp_path: Path) -> None:
     plan, state = tiny_plan(tmp_path / "plan.yaml", step="sleep 60"), tmp_path / "state"
     prod_state = tmp_path / "prod-state"
-    proc = start_rollout("run", plan, "--env", "production", "--state-dir", prod_state)
+    proc = start_rollout("run", plan, "--env", "production", "--yes", "--state-dir", prod_state)
     try:
         wait_for_event(prod_state, is_event("process.start"), proc=proc, timeout=30)
         os.kill(proc.pid, signal.SIGKILL)
