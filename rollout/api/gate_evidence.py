@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rollout.api import dirs
-from rollout.api.evidence import verify
-from rollout.errors import RolloutError
-from rollout.journal import read_journal
-from rollout.runstore import JOURNAL, RUNS
+from rollout.api.evidence import verify_run_dir
+from rollout.errors import JournalError, RolloutError
+from rollout.journal import JournalReading, read_journal
+from rollout.runstore import JOURNAL, RUNS, RunDir
 
 # Directories walked for evidence are bounded: a CI artefact tree, not a file system.
 MAX_WALK_ENTRIES = 100_000
@@ -110,8 +110,16 @@ def believe_run(state: Path, run_id: str, source: str) -> Evidence | RefusedEvid
     """Verify one run under `state` and recompute its record from the journal; refused with why otherwise."""
     from rollout.report.rehearsal import rehearsal_record
 
+    rundir = RunDir(state / RUNS / run_id)
+    reading: JournalReading | JournalError | None
     try:
-        checked = verify(run_id, state_dir=state)
+        reading = read_journal(rundir.journal)
+    except JournalError as exc:
+        reading = exc  # verify names the damage
+    except RolloutError:
+        reading = None
+    try:
+        checked = verify_run_dir(rundir, reading=reading)
     except RolloutError as exc:
         return RefusedEvidence(source, str(exc), run_id)
     if not checked.ok:
@@ -121,7 +129,7 @@ def believe_run(state: Path, run_id: str, source: str) -> Evidence | RefusedEvid
         why = "the plan copy is missing" if checked.plan_copy_matches is None else "the plan copy does not match"
         return RefusedEvidence(source, f"{why} (digest {checked.plan_digest})", run_id)
     try:
-        records = read_journal(state / RUNS / run_id / JOURNAL).records
+        records = reading.records if isinstance(reading, JournalReading) else read_journal(rundir.journal).records
         record = rehearsal_record(records)
     except (RolloutError, ValueError, KeyError, TypeError) as exc:
         return RefusedEvidence(source, f"cannot read the verified journal: {exc}", run_id)
