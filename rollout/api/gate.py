@@ -13,7 +13,6 @@ nothing anywhere. Evidence is believed only as `gate_evidence` says.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,15 @@ from rollout.errors import ExitStatus, RolloutError, UsageError
 
 if TYPE_CHECKING:
     from rollout.api.running import Prepared
+    from rollout.checks.parity import FactReading
     from rollout.model import FreezeWindow
 
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 _AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 SUCCEEDED = "succeeded"
 
-# Production's parity facts gathered live: {fact: {"values", "errors", "expect", "template"}}.
-Gather = Callable[["Prepared"], Mapping[str, Any]]
+# Production's parity facts gathered live: fact name -> reading.
+Gather = Callable[["Prepared"], Mapping[str, "FactReading"]]
 
 
 @dataclass(frozen=True)
@@ -263,34 +263,48 @@ def _rehearsed(
 # --- parity ---------------------------------------------------------------------------
 
 
-def gather_live(prepared: Prepared) -> Mapping[str, Any]:
-    """Production's parity facts, gathered now with read-only commands and requests (journal format)."""
-    parity = importlib.import_module("rollout.api.parity")
-    gathered: Mapping[str, Any] = parity.gather_facts(prepared)
-    return gathered
+def gather_live(prepared: Prepared) -> Mapping[str, FactReading]:
+    """Production's parity facts, gathered now with read-only commands, requests and document reads."""
+    from rollout.api.parity import gather
+
+    return gather(prepared.loaded, prepared.schedule.env_name, overrides=prepared.overrides)
 
 
-def _rendered(prepared: Prepared, env: str, template: str) -> dict[str, str] | None:
-    """Each host's value of a template fact on `env`, rendered as the parity rule says; None if it cannot be."""
+def _journaled(prepared: Prepared, rehearsal: Evidence, facts: Mapping[str, Any]) -> dict[str, FactReading]:
+    """The rehearsal's journaled facts as readings; a template fact gets each host's rendered template.
+
+    The journal keeps the template, not what it rendered to: the rehearsal's environment is
+    rendered again from the same plan (same digest), as `rollout parity` renders it.
+    """
     from rollout.api.running import prepare
-    from rollout.template import TemplateProblem, render
+    from rollout.checks.parity import FactReading
 
+    readings = {str(name): FactReading.from_journal(entry) for name, entry in facts.items() if isinstance(entry, dict)}
+    templated = [
+        i
+        for i, fact in enumerate(prepared.loaded.plan.parity)
+        if fact.name in readings and readings[fact.name].template
+    ]
+    if not templated or rehearsal.environment is None:
+        return readings
     try:
-        schedule = (
-            prepared.schedule if env == prepared.schedule.env_name else prepare(prepared.loaded.path, env).schedule
-        )
-        return {name: render(template, {**host.variables.values, "env": env}) for name, host in schedule.hosts.items()}
-    except (RolloutError, TemplateProblem):
-        return None
+        schedule = prepare(prepared.loaded.path, rehearsal.environment).schedule
+    except RolloutError:
+        return readings  # no expected values: every host of it is named as not matching the template
+    for index in templated:
+        name = prepared.loaded.plan.parity[index].name
+        expected = {h.name: str(h.parity[index].template) for h in schedule.hosts.values() if h.parity[index].template}
+        reading = readings[name]
+        readings[name] = FactReading(reading.values, reading.errors, reading.mode, reading.template, expected)
+    return readings
 
 
 def _parity(prepared: Prepared, rehearsal: Evidence | None, gather: Gather) -> Condition:
-    from rollout.api.gate_parity import compare_parity
+    from rollout.checks.parity import compare_parity
 
-    facts = prepared.loaded.plan.parity
-    if not facts:
+    if not prepared.loaded.plan.parity:
         return Condition("parity", True, "the plan declares no parity facts")
-    if rehearsal is None:
+    if rehearsal is None or rehearsal.environment is None:
         return Condition("parity", False, "no rehearsal to compare production with")
     journaled = (rehearsal.record.get("parity") or {}).get("facts")
     if not isinstance(journaled, dict):
@@ -301,21 +315,13 @@ def _parity(prepared: Prepared, rehearsal: Evidence | None, gather: Gather) -> C
         live = gather(prepared)
     except RolloutError as exc:
         return Condition("parity", False, f"production's facts could not be gathered: {exc}")
-    expected: dict[str, dict[str, Mapping[str, str] | None]] = {}
-    for name, entry in journaled.items():
-        template = entry.get("template") if isinstance(entry, dict) else None
-        if isinstance(template, str) and rehearsal.environment is not None:
-            expected[str(name)] = {
-                "rehearsal": _rendered(prepared, rehearsal.environment, template),
-                "production": _rendered(prepared, prepared.schedule.env_name, template),
-            }
-    verdicts = compare_parity([f.name for f in facts], journaled, live, expected)
-    drifting = [v for v in verdicts if v.drift is not None]
-    evidence = {"run": rehearsal.run_id, "facts": [v.to_dict() for v in verdicts]}
-    if drifting:
-        shown = "; ".join(f"{v.name}: {v.drift}" for v in drifting)
+    production = prepared.schedule.env_name
+    compared = compare_parity({rehearsal.environment: _journaled(prepared, rehearsal, journaled), production: live})
+    evidence = {"run": rehearsal.run_id, "facts": [f.to_dict() for f in compared.facts]}
+    if compared.drift:
+        shown = "; ".join(f"{f.name}: {'; '.join(f.reasons)}" for f in compared.drifting)
         return Condition("parity", False, f"drift from run {rehearsal.run_id}: {shown}", evidence)
-    return Condition("parity", True, f"{len(verdicts)} facts match run {rehearsal.run_id}", evidence)
+    return Condition("parity", True, f"{len(compared.facts)} facts match run {rehearsal.run_id}", evidence)
 
 
 # --- lock and unrecovered ---------------------------------------------------------------

@@ -38,17 +38,24 @@ def export(
     terminal.print(f"  plan digest {done.manifest['plan_digest']}, journal head {head['seq']}:{head['hash']}")
 
 
+def _fact_line(fact: dict[str, Any]) -> str:
+    """One parity fact: each environment's values (hosts named when several), and the drift."""
+    shown = []
+    for env, seen in fact["environments"].items():
+        values = seen["values"]
+        text = ", ".join(repr(v) if len(values) == 1 else f"{v!r} ({', '.join(h)})" for v, h in values.items())
+        errors = "".join(f"; {host}: {why}" for host, why in seen["errors"].items())
+        shown.append(f"{env} {text or 'no value'}{errors}")
+    mark = f"DRIFT: {'; '.join(fact['reasons'])}" if fact["drift"] else "holds"
+    return f"    fact {fact['name']} ({fact['expect']}): {' | '.join(shown)}: {mark}"
+
+
 def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
     """A condition's evidence as indented `key: value` lines (facts one per line)."""
     lines = []
     for key, value in evidence.items():
         if key == "facts" and isinstance(value, list):
-            for fact in value:
-                mark = "DRIFT" if fact.get("drift") else "same"
-                lines.append(
-                    f"    fact {fact['fact']} ({fact['expect']}): {mark}; "
-                    f"rehearsal {fact['rehearsal']}, production {fact['production']}"
-                )
+            lines.extend(_fact_line(fact) for fact in value)
         elif value is not None:
             lines.append(f"    {key}: {value}")
     return lines
