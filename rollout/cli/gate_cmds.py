@@ -52,7 +52,7 @@ def _fact_line(fact: dict[str, Any]) -> str:
 
 def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
     """A condition's evidence as indented `key: value` lines (facts one per line)."""
-    lines = []
+    lines: list[str] = []
     for key, value in evidence.items():
         if key == "facts" and isinstance(value, list):
             lines.extend(_fact_line(fact) for fact in value)
