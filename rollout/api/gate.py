@@ -252,9 +252,11 @@ def _rehearsed(
         return [rehearsed, Condition("rollback-rehearsed", True, summary, _describe(chosen, now))], chosen
     tried = [p for p in candidates if p.digest == digest and (p.record.get("rollback") or {}).get("exercised")]
     if tried:
-        why = f"the newest rollback rehearsal, run {tried[0].run_id}, ended {tried[0].record.get('outcome')}"
-        if _qualifies(tried[0], digest, now, max_age) is False and tried[0].record.get("outcome") == SUCCEEDED:
-            why = f"the newest rollback rehearsal, run {tried[0].run_id}, is older than --max-age"
+        outcome = tried[0].record.get("outcome")
+        # a rollback rehearsal that succeeded and is not among the good ones is too old
+        why = f"the newest rollback rehearsal, run {tried[0].run_id}, " + (
+            f"is older than --max-age {format_age(max_age)}" if outcome == SUCCEEDED else f"ended {outcome}"
+        )
         return [rehearsed, Condition("rollback-rehearsed", False, why, _describe(tried[0], now))], best
     why = "no rehearsal of this digest exercised the rollback (run it with --rehearse-rollback)"
     return [rehearsed, Condition("rollback-rehearsed", False, why, _describe(best, now) if best else {})], best
