@@ -136,6 +136,28 @@ def test_open_with_rollback_required_after_a_rollback_rehearsal(tmp_path: Path) 
     assert condition(result, "rollback-rehearsed")["evidence"]["run"] == run_id
 
 
+def test_a_rehearsal_whose_rollback_failed_keeps_the_gate_closed(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        {
+            "version": 1,
+            "name": "tiny",
+            "environments": {
+                "demo": {"rehearsal": True, "connection": "local", "hosts": {"a": {}}},
+                "production": {"connection": "local", "hosts": {"a": {}}},
+            },
+            "steps": [{"name": "change", "run": "true", "rollback": "false"}],
+        },
+    )
+    state = tmp_path / "state"
+    done = rollout("run", plan, "--env", "demo", "--rehearse-rollback", "--state-dir", state)
+    assert done.returncode == 4, done.stdout + done.stderr
+    code, result = run_gate(plan, state, "--require-rollback-rehearsal")
+    assert code == 3
+    assert "ended rollback_failed" in condition(result, "rehearsed")["summary"]
+    assert "ended rollback_failed" in condition(result, "rollback-rehearsed")["summary"]
+
+
 def test_closed_inside_a_freeze_window_and_the_next_window_is_shown(tmp_path: Path) -> None:
     window = {"start": "2099-01-01T00:00:00Z", "end": "2099-01-02T00:00:00Z", "reason": "new year"}
     plan, state = tiny_plan(tmp_path / "plan.yaml", freeze=[window]), tmp_path / "state"

@@ -15,6 +15,7 @@ directory the caller owns; believing what was unpacked is `verify`'s job, not th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -175,10 +176,11 @@ def _read_members(bundle: Path) -> dict[PurePosixPath, bytes]:
 
 
 def unpack_bundle(bundle: Path, dest: Path) -> Path:
-    """Unpack a bundle into `dest` (an empty directory of ours) as dest/runs/RUN; the run directory.
+    """Unpack a bundle into `dest` (a directory of ours, used as a state directory) as dest/runs/RUN.
 
     UsageError naming the problem for anything that is not a well-formed bundle: the
-    caller lists it as refused evidence.
+    caller lists it as refused evidence. FileExistsError, before anything is written,
+    when `dest` already holds a run of that id (another bundle of the same run).
     """
     files = _read_members(bundle)
     tops = {name.parts[0] for name in files}
@@ -204,10 +206,15 @@ def unpack_bundle(bundle: Path, dest: Path) -> Path:
         if hashlib.sha256(data).hexdigest() != listed[rel]:
             raise UsageError(f"member {rel} does not match its sha256 in {MANIFEST}")
     rundir = dest / "runs" / run_id
-    for rel, data in present.items():
-        target = rundir / rel
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+    if os.path.lexists(rundir):
+        raise FileExistsError(errno.EEXIST, "a run of that id is already unpacked there", str(rundir))
+    try:
+        for rel, data in present.items():
+            target = rundir / rel
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+    except OSError as exc:
+        raise UsageError(f"cannot unpack it into {dest}: {exc.strerror or exc}") from exc
     return rundir

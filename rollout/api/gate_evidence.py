@@ -82,6 +82,16 @@ class EvidenceSet:
     refused: list[RefusedEvidence] = field(default_factory=list)
     _scratch: list[Path] = field(default_factory=list)
 
+    def scratch(self, *, fresh: bool = False) -> Path:
+        """A private temporary state directory to unpack bundles into (one for all, unless `fresh`).
+
+        One directory for every bundle: creating and removing a tree per bundle was most
+        of the time a gate over a hundred bundles took.
+        """
+        if fresh or not self._scratch:
+            self._scratch.append(Path(tempfile.mkdtemp(prefix="rollout-evidence-")))
+        return self._scratch[-1]
+
     def close(self) -> None:
         """Remove the temporary directories bundles were unpacked into."""
         for path in self._scratch:
@@ -148,16 +158,20 @@ def _state_runs(state: Path, source: str) -> Iterator[Evidence | RefusedEvidence
 
 
 def _bundle(path: Path, evidence: EvidenceSet) -> Evidence | RefusedEvidence:
-    """Unpack a bundle into a fresh private directory and believe its run, or refuse it."""
+    """Unpack a bundle into the set's private scratch directory and believe its run, or refuse it."""
     from rollout.api.export import unpack_bundle
 
-    scratch = Path(tempfile.mkdtemp(prefix="rollout-evidence-"))
-    evidence._scratch.append(scratch)
     try:
-        rundir = unpack_bundle(path, scratch)
+        dest = evidence.scratch()
+        try:
+            rundir = unpack_bundle(path, dest)
+        except FileExistsError:
+            # the same run id in another bundle (a copy, or a forged one): a state directory of its own
+            dest = evidence.scratch(fresh=True)
+            rundir = unpack_bundle(path, dest)
     except RolloutError as exc:
         return RefusedEvidence(f"bundle {path}", f"not a well-formed bundle: {exc}")
-    return believe_run(scratch, rundir.name, f"bundle {path}")
+    return believe_run(dest, rundir.name, f"bundle {path}")
 
 
 def _walk(top: Path) -> Iterator[tuple[str, Path]]:
