@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import tarfile
 import xml.etree.ElementTree as ET
@@ -254,3 +255,17 @@ def test_an_invalid_plan_or_max_age_is_a_usage_error(tmp_path: Path) -> None:
     assert "--max-age" in done.stderr
     with pytest.raises(UsageError):
         parse_age("0d")
+
+
+def test_an_artefact_tree_is_searched_for_state_directories_and_a_malformed_bundle_is_listed(tmp_path: Path) -> None:
+    plan, ci_state = tiny_plan(tmp_path / "plan.yaml"), tmp_path / "ci-state"
+    run_id = rehearse(plan, ci_state)
+    artefacts = tmp_path / "artefacts"
+    shutil.copytree(ci_state, artefacts / "job-1" / ".rollout")
+    (artefacts / "junk.tar.gz").write_bytes(b"not a tar")
+    code, result = run_gate(plan, tmp_path / "prod-machine", "--evidence", artefacts)
+    assert code == 0, result
+    assert condition(result, "rehearsed")["evidence"]["run"] == run_id
+    refused = result["evidence"]["refused"]
+    assert [r["source"] for r in refused] == [f"bundle {artefacts / 'junk.tar.gz'}"]
+    assert "not a well-formed bundle" in refused[0]["reason"]
