@@ -33,7 +33,7 @@ COMMAND_MODULES = {
 # Commands that read their input, answer and exit, in a time bounded by that input: the
 # process runs them with the garbage collector paused (rollout.cli.app.gc_paused). Never
 # one that runs a rollout or waits on targets; `timeline --follow` switches it back on.
-BOUNDED_COMMANDS = frozenset({"validate", "schema", "runs", "timeline", "verify", "report"})
+BOUNDED_COMMANDS = frozenset({"validate", "schema", "runs", "timeline", "verify", "report", "export"})
 
 
 def command_named(argv: Sequence[str]) -> str | None:
