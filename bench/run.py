@@ -18,6 +18,7 @@ ORDER = [
     "bench_metadata.py",
     "bench_scale.py",
     "bench_steps.py",
+    "bench_gate.py",
 ]
 
 
