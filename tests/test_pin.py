@@ -157,7 +157,7 @@ CHANGES: dict[str, tuple[Callable[[Setup], None], tuple[str, ...], list[str]]] =
     "include": (
         lambda s: s.include.write_text(COMMON.format(markers=s.markers) + "  extra: 1\n"),
         (),
-        ["file inc/common.yaml changed", 'variable extra: (unset) -> 1'],
+        ["file inc/common.yaml changed", "variable extra: (unset) -> 1"],
     ),
     "--var": (lambda s: None, ("--var", "release=v3"), ['variable release: "v2" -> "v3"']),
     "environment var in the plan": (
@@ -278,3 +278,29 @@ def test_plan_prints_the_same_pin_as_text_json_and_lock(setup: Setup) -> None:
     assert f"pin: {pin}" in text.stdout.splitlines()
     assert json.loads(as_json.stdout)["pin"] == pin
     assert json.loads(setup.lock.read_text())["pin"] == pin
+
+
+def test_expect_digest_takes_the_bare_hex_too(setup: Setup) -> None:
+    pin = setup.pin_it()
+
+    done = setup.rollout("run", str(setup.plan), "--env", "lab", "--expect-digest", pin.removeprefix("sha256:"))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert setup.ran() == ["h1-v1-eu", "h2-v1-eu"]
+
+
+def test_expect_digest_needs_the_environment(setup: Setup) -> None:
+    done = setup.rollout("run", str(setup.plan), "--expect-digest", "sha256:00")
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--expect-digest needs --env" in done.stderr
+
+
+def test_plan_out_never_overwrites_one_of_the_plans_files(setup: Setup) -> None:
+    before = setup.include.read_bytes()
+
+    done = setup.rollout("plan", str(setup.plan), "--env", "lab", "--out", str(setup.include))
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "one of the plan's own files" in done.stderr
+    assert setup.include.read_bytes() == before

@@ -230,6 +230,9 @@ def write_lock(path: Path | str, schedule: Schedule, overrides: Mapping[str, str
     from rollout.atomic import write_atomic
 
     path = Path(path)
+    root = schedule.loaded.path.resolve().parent
+    if path.resolve() in {(root / name).resolve() for name in schedule.loaded.files}:
+        raise UsageError(f"--out {path}: that is one of the plan's own files; name a new file for the lock")
     document = lock_document(schedule, overrides, path)
     try:
         write_atomic(path, json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n", mode=0o644)
