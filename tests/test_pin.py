@@ -129,6 +129,7 @@ def test_the_lock_never_holds_a_secret_value(setup: Setup) -> None:
 
     assert SECRET not in text
     assert ENV_SECRET not in text
+    assert "placeholder" not in text  # the value of the secret written in the plan
     assert json.loads(text)["overrides"]["token"]["secret"].startswith("pbkdf2-sha256:")
 
 
