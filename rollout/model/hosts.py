@@ -111,9 +111,7 @@ class ParityFact(Model):
     def _one_source(self) -> ParityFact:
         given = [k for k in PARITY_SOURCES if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(
-                f"a parity fact has at most one of {', '.join(PARITY_SOURCES)} (found {', '.join(given)})"
-            )
+            raise ValueError(f"a parity fact has at most one of {', '.join(PARITY_SOURCES)} (found {', '.join(given)})")
         if self.template is not None and self.expect == "differ":
             raise ValueError("a parity fact compared by 'template' cannot also 'expect: differ'")
         return self
