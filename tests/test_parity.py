@@ -318,6 +318,10 @@ def test_a_run_journals_parity_facts_after_the_prechecks_and_before_the_first_st
     }
     timeline = rollout("timeline", "--state-dir", str(state), evts[0]["data"]["run_id"])
     assert "parity facts gathered (2): gateway_build = '1.4.2'" in timeline.stdout, timeline.stdout
+    report = rollout("report", "last", "--state-dir", str(state))
+    assert "## Parity facts" in report.stdout, report.stdout
+    assert "| gateway_build | equal | '1.4.2' |" in report.stdout
+    assert "| host_name | differ | 'gw-1' (gw-1); 'gw-2' (gw-2) |" in report.stdout
 
 
 def test_a_fact_that_cannot_be_gathered_is_journaled_with_its_error_and_the_run_goes_on(
