@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,5 +99,8 @@ def check_parity(
     loaded = load_plan(Path(plan)) if isinstance(plan, Path | str) else plan
     for env in envs:  # every environment renders before any host is asked anything
         prepare_schedule(loaded, env, overrides=dict(overrides or {}), run_id="parity")
-    gathered = {env: gather(loaded, env, overrides=overrides, abort=abort) for env in envs}
+    # Environments are asked at the same time: each is a different fleet, and a gate waits on the slowest.
+    with ThreadPoolExecutor(max_workers=len(envs), thread_name_prefix="parity-env") as pool:
+        futures = {env: pool.submit(gather, loaded, env, overrides=overrides, abort=abort) for env in envs}
+        gathered = {env: fut.result() for env, fut in futures.items()}
     return ParityReport(loaded.plan.name, loaded.digest, gathered, compare(gathered))
