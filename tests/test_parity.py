@@ -8,6 +8,7 @@ production fleet is started with whatever gateway builds the test needs.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ from tests.helpers import (
     events,
     exchange_plan,
     kinds,
+    pid_alive,
     rollout,
     run_args,
     running_fleet,
+    start_rollout,
+    wait_for_file,
     write_plan,
 )
 
@@ -350,3 +354,23 @@ def test_a_plan_without_parity_facts_journals_none(tmp_path: Path, fleet: Fleet)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "parity.facts" not in kinds(events(state))
+
+
+def test_ctrl_c_ends_rollout_parity_at_once_with_130_and_names_what_was_not_gathered(
+    tmp_path: Path, demo: Fleet, production: Fleet
+) -> None:
+    facts = [{"name": "slow", "command": "echo $$ > {{ root }}/{{ host }}.pid; exec sleep 30", "timeout": "60s"}]
+    plan = _plan(tmp_path, demo, production, facts)
+    pidfile = demo.root / "gw-1.pid"
+    pidfile.unlink(missing_ok=True)
+    proc = start_rollout("parity", plan, "--env", "demo", "--env", "production", "--json")
+    pid = int(wait_for_file(pidfile, proc=proc))
+
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    errors = _fact(json.loads(out), "slow")["environments"]["demo"]["errors"]
+    assert set(errors) == {"gw-1", "gw-2"}
+    assert not pid_alive(pid), "the fact's command outlived the interrupt"
