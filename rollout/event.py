@@ -30,6 +30,7 @@ class EventKind:
     PRECHECK = "precheck.result"
     PRECHECKS_PASSED = "prechecks.passed"
     PRECHECKS_FAILED = "prechecks.failed"
+    PARITY_FACTS = "parity.facts"  # the plan's parity facts as gathered, before the first change
     GUARDS_START = "guards.start"
     GUARD_STATE = "guard.state"
     GUARD_LAGGING = "guard.lagging"  # a guard's probes do not start within one `every` of their due time

@@ -146,6 +146,7 @@ class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
         if self._abort.is_set():  # interrupted during pre-checks: nothing changed
             return self.end_unchanged(Outcome.INTERRUPTED, self._cause or Cause("interrupt", "interrupted"))
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
+        self.journal_parity()  # read-only: what the environment was like before the first change
         self.guards.start()
         last_change = self.guards.now()
         for wave in s.waves:
