@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from rollout.api.gate import gate, parse_age
+from rollout.api.gate import gate, next_freeze, parse_age
 from rollout.errors import UsageError
 from rollout.lock import EnvironmentLock, LockHolder
+from rollout.model import FreezeWindow
 from tests.helpers import is_event, rollout, start_rollout, wait_for_event, write_plan
 
 CONDITIONS = ["valid", "freeze", "rehearsed", "parity", "lock", "unrecovered"]
@@ -269,3 +270,35 @@ def test_an_artefact_tree_is_searched_for_state_directories_and_a_malformed_bund
     refused = result["evidence"]["refused"]
     assert [r["source"] for r in refused] == [f"bundle {artefacts / 'junk.tar.gz'}"]
     assert "not a well-formed bundle" in refused[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("windows", "now", "starts"),
+    [
+        ([], "2026-11-25T10:00:00Z", None),
+        (
+            [{"start": "2026-12-24T00:00:00Z", "end": "2026-12-27T00:00:00Z"}],
+            "2026-11-25T10:00:00Z",
+            "2026-12-24T00:00",
+        ),
+        ([{"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}], "2026-11-25T10:00:00Z", None),
+        # Wednesday 10:00: today's 09:00 has passed, Friday's is next
+        ([{"days": ["wed", "fri"], "start": "09:00", "end": "17:00"}], "2026-11-25T10:00:00Z", "2026-11-27T09:00"),
+        ([{"days": ["wed"], "start": "16:00", "end": "17:00"}], "2026-11-25T10:00:00Z", "2026-11-25T16:00"),
+        ([{"days": ["wed"], "start": "09:00", "end": "17:00"}], "2026-11-25T10:00:00Z", "2026-12-02T09:00"),
+        (
+            [
+                {"days": ["mon"], "start": "09:00", "end": "10:00"},
+                {"start": "2026-11-26T00:00:00Z", "end": "2026-11-27T00:00:00Z"},
+            ],
+            "2026-11-25T10:00:00Z",
+            "2026-11-26T00:00",
+        ),
+    ],
+)
+def test_the_next_freeze_window_is_the_earliest_start_after_now(
+    windows: list[dict[str, Any]], now: str, starts: str | None
+) -> None:
+    moment = dt.datetime.fromisoformat(now.replace("Z", "+00:00"))
+    found = next_freeze([FreezeWindow.model_validate(w) for w in windows], moment)
+    assert (found[0].strftime("%Y-%m-%dT%H:%M") if found else None) == starts

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout.api import dirs
-from rollout.api.gate_evidence import Evidence, EvidenceSet, RefusedEvidence, load_evidence
+from rollout.api.gate_evidence import Evidence, EvidenceSet, RefusedEvidence, load_evidence, parse_ts
 from rollout.errors import ExitStatus, RolloutError, UsageError
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 _AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 SUCCEEDED = "succeeded"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # as plans name them, Monday first
 
 # Production's parity facts gathered live: fact name -> reading.
 Gather = Callable[["Prepared"], Mapping[str, "FactReading"]]
@@ -116,22 +117,17 @@ def format_age(seconds: float) -> str:
 
 def next_freeze(windows: Iterable[FreezeWindow], now: dt.datetime) -> tuple[dt.datetime, FreezeWindow] | None:
     """The next freeze window to start after `now` (dated, or weekly in UTC), with its start."""
-    from rollout.engine.freeze import _DAYS, _as_utc
-
     found: list[tuple[dt.datetime, FreezeWindow]] = []
     for window in windows:
         if window.days is None:
-            try:
-                start = _as_utc(window.start)
-            except ValueError:
-                continue
-            if start > now:
+            start = parse_ts(window.start)  # as the freeze check reads it: no zone means UTC
+            if start is not None and start > now:
                 found.append((start, window))
             continue
         hour, minute = (int(x) for x in window.start.split(":"))
         for ahead in range(8):
             day = (now + dt.timedelta(days=ahead)).replace(hour=hour, minute=minute, second=0, microsecond=0)
-            if _DAYS[day.weekday()] in window.days and day > now:
+            if WEEKDAYS[day.weekday()] in window.days and day > now:
                 found.append((day, window))
                 break
     return min(found, key=lambda pair: pair[0]) if found else None
