@@ -118,7 +118,9 @@ def export(run_id: str, out: Path | str, *, state_dir: Path | str | None = None)
     members[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
     target = Path(out)
     try:
-        # a bundle is for handing on (CI artefacts): readable like any build output
+        # a bundle is for handing on (CI artefacts): readable like any build output, and its
+        # directory (`-o evidence/rehearsal.tar.gz`) made like any build output's
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, _tar_gz(rundir.run_id, members), mode=0o644)
     except OSError as exc:
         raise UsageError(f"{target}: cannot write the bundle: {exc.strerror or exc}") from exc
