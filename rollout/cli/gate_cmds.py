@@ -50,14 +50,19 @@ def _fact_line(fact: dict[str, Any]) -> str:
     return f"    fact {fact['name']} ({fact['expect']}): {' | '.join(shown)}: {mark}"
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def _evidence_lines(evidence: dict[str, Any]) -> list[str]:
-    """A condition's evidence as indented `key: value` lines (facts one per line)."""
-    lines: list[str] = []
-    for key, value in evidence.items():
-        if key == "facts" and isinstance(value, list):
-            lines.extend(_fact_line(fact) for fact in value)
-        elif value is not None:
-            lines.append(f"    {key}: {value}")
+    """A condition's evidence: one line of `key: value`s, then one line per parity fact."""
+    facts = evidence.get("facts")
+    plain = [f"{key}: {_shown(value)}" for key, value in evidence.items() if key != "facts" and value is not None]
+    lines = [f"    {'; '.join(plain)}"] if plain else []
+    if isinstance(facts, list):
+        lines.extend(_fact_line(fact) for fact in facts)
     return lines
 
 
