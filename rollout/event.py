@@ -30,6 +30,9 @@ class EventKind:
     PRECHECK = "precheck.result"
     PRECHECKS_PASSED = "prechecks.passed"
     PRECHECKS_FAILED = "prechecks.failed"
+    # --rehearse-rollback: each of forward, rollback, reapply opens and closes with these
+    REHEARSAL_PHASE = "rehearsal.phase"
+    REHEARSAL_PHASE_END = "rehearsal.phase_end"
     GUARDS_START = "guards.start"
     GUARD_STATE = "guard.state"
     GUARD_LAGGING = "guard.lagging"  # a guard's probes do not start within one `every` of their due time

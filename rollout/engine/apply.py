@@ -52,6 +52,7 @@ from rollout.engine.outcomes import (
 )
 from rollout.engine.prechecks import SSH_CHECK, PrecheckMixin
 from rollout.engine.prepare import HostPlan
+from rollout.engine.rehearse import RehearsalMixin
 from rollout.engine.rollback import RollbackMixin
 from rollout.engine.steps import StepsMixin
 from rollout.errors import JournalError
@@ -71,13 +72,18 @@ __all__ = [
 ]
 
 
-class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
+class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
     """Executes a prepared schedule, or rolls back what a dead run left applied."""
 
     # --- the run ------------------------------------------------------------------
 
-    def run(self) -> RunResult:
-        """Pre-checks, guards, waves with bake; on any abort, roll back. Never raises for a target's failure."""
+    def run(self, *, rehearse_rollback: bool = False) -> RunResult:
+        """Pre-checks, guards, waves with bake; on any abort, roll back. Never raises for a target's failure.
+
+        With `rehearse_rollback`, the waves are followed by a deliberate rollback of
+        everything and then by the waves again (rehearse.py).
+        """
+        self.rehearsing = rehearse_rollback
         try:
             try:
                 return self._run()
@@ -147,8 +153,22 @@ class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
             return self.end_unchanged(Outcome.INTERRUPTED, self._cause or Cause("interrupt", "interrupted"))
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
         self.guards.start()
+        if self.rehearsing:
+            return self._rehearse(self._waves)
+        last_change = self._waves()
+        if last_change is not None:
+            result = self._finish(since=last_change)
+            if result is not None:
+                return result
+        return self._abort_and_roll_back()
+
+    def _waves(self, *, skip: frozenset[str] = frozenset()) -> float | None:
+        """Every wave, each followed by its bake: when the last change was made, or None once the run aborts.
+
+        Hosts in `skip` (put back after failing within budget) are left out.
+        """
         last_change = self.guards.now()
-        for wave in s.waves:
+        for wave in self.schedule.waves:
             if self._abort.is_set():
                 break
             self._emit(
@@ -158,18 +178,14 @@ class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
                     data={"hosts": list(wave.hosts), "size": wave.size},
                 )
             )
-            self._run_wave(wave.index, wave.hosts)
+            self._run_wave(wave.index, tuple(h for h in wave.hosts if h not in skip))
             if self._abort.is_set():
                 break
             self._emit(Event(EventKind.WAVE_END, wave=wave.index, outcome="ok"))
             last_change = self.guards.now()
             if not self._bake(wave.index, since=last_change):
                 break
-        if not self._abort.is_set():
-            result = self._finish(since=last_change)
-            if result is not None:
-                return result
-        return self._abort_and_roll_back()
+        return None if self._abort.is_set() else last_change
 
     def end_unchanged(
         self, outcome: str, cause: Cause, *, failed_prechecks: tuple[tuple[str, str, str], ...] = ()
