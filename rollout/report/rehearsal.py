@@ -75,6 +75,18 @@ def rehearsal_record(records: Sequence[Record]) -> dict[str, Any]:
     }
 
 
+def rehearsal_phases(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """A --rehearse-rollback run's phases in the order they began: phase, outcome, seconds (none for a plain run)."""
+    opened: dict[str, Record] = {}
+    closed: dict[str, Record] = {}
+    for r in records:
+        if r.kind == EventKind.REHEARSAL_PHASE:
+            opened[str(r.data.get("phase"))] = r
+        elif r.kind == EventKind.REHEARSAL_PHASE_END:
+            closed[str(r.data.get("phase"))] = r
+    return [{"phase": name, **(_phase(name, opened, closed) or {})} for name in opened]
+
+
 def _phase(name: str, opened: Mapping[str, Record], closed: Mapping[str, Record]) -> dict[str, Any] | None:
     """A rehearsal phase's outcome and seconds; None when it never began."""
     if name not in opened:
