@@ -172,3 +172,16 @@ def test_a_guard_trip_is_a_junit_case_of_its_own(tmp_path: Path, fleet: Fleet) -
     assert failure is not None
     assert "tripped on gw-1" in (failure.text or "")
     assert {f"{h} / {s}" for h in fleet.hosts for s in ("stage-release", "activate-release")} <= set(cases)
+
+
+def test_the_document_is_still_written_when_the_journal_cannot_be_read(tmp_path: Path) -> None:
+    from rollout import api
+
+    outcome = api.run(_plan(tmp_path), "demo", state_dir=tmp_path / "state", signals=False)
+    assert outcome.outcome == "succeeded"
+    outcome.run.journal.unlink()  # e.g. the disk that failed under the journal
+    doc = api.run_document(outcome)
+    json.dumps(doc)
+    assert doc["outcome"] == "succeeded"
+    assert doc["failed"] == []
+    assert "journal" in doc["journal_error"]

@@ -21,9 +21,18 @@ _NOT_RUN = {2: "invalid", 3: "refused", 130: "interrupted"}
 
 
 def run_document(outcome: RunOutcome) -> dict[str, Any]:
-    """The run as one JSON-ready document: outcome, exit code, hosts, failed and undone steps."""
-    steps, _ = run_cases(outcome)
+    """The run as one JSON-ready document: outcome, exit code, hosts, failed and undone steps.
+
+    A journal that cannot be read (the run's own outcome may be journal_failed) leaves the
+    per-step parts empty and says why in `journal_error`: the document is still written.
+    """
+    journal_error: str | None = None
+    try:
+        steps, _ = run_cases(outcome)
+    except RolloutError as exc:
+        steps, journal_error = [], str(exc)
     schedule, result = outcome.schedule, outcome.result
+    redact = outcome.redactor.text
     return {
         "outcome": result.outcome,
         "exit_code": int(outcome.exit_status),
@@ -38,9 +47,12 @@ def run_document(outcome: RunOutcome) -> dict[str, Any]:
             }
             for host, wave in _host_waves(outcome)
         ],
-        "failed": [{"host": s.host, "step": s.step, "summary": s.failure} for s in steps if s.failure is not None],
+        "failed": [
+            {"host": s.host, "step": s.step, "summary": redact(s.failure)} for s in steps if s.failure is not None
+        ],
         "undone": [{"host": h, "step": s} for h, s in result.rolled_back],
-        "cause": result.cause.summary if result.cause is not None else None,
+        "cause": redact(result.cause.summary) if result.cause is not None else None,
+        "journal_error": journal_error or result.journal_error,
         "journal": str(outcome.run.journal),
         "report": str(outcome.run.report) if outcome.run.report.exists() else None,
         "journal_head": f"{outcome.head[0]}:{outcome.head[1]}",

@@ -22,7 +22,14 @@ plans and failures), and where the code that upholds each one lives:
   beyond the budget, the run aborts (`_host_failed` here);
 - when the journal fails, no forward work starts again, but rollbacks go on (the
   targets matter more than the evidence) and the bus keeps a side record (core.py:
-  `_emit`, `_journal_failed`).
+  `_emit`, `_journal_failed`);
+- a rollback rehearsal (`run(rehearse_rollback=True)`) runs forward, rollback, reapply in
+  order, each between `rehearsal.phase` and `rehearsal.phase_end`, none after one that
+  failed; its rollback phase is an abort's rollback (every applied step, newest first,
+  then guards freshly green within the recovery timeout) and a failure there ends the
+  run rollback_failed with nothing reapplied; Ctrl-C in it lets it finish, then ends the
+  run interrupted; reapply's end and the success verdict are journaled under one lock
+  (rehearse.py; tests/test_rehearse_model.py checks these on random plans and failures).
 
 Threads: host workers and guards are threads because SSH and probes block; work is
 cancelled by killing process groups or closing channels (Executor.cancel), never by
@@ -30,7 +37,8 @@ hoping a thread notices (pool.py).
 
 The Engine is this run driver (the run from start to verdict, waves, the failure
 budget) over one part per concern: core.py (state, bus, the abort machinery), prechecks.py,
-steps.py (one step on one host), bake.py (bake and the success verdict), rollback.py;
+steps.py (one step on one host), bake.py (bake and the success verdict), rollback.py,
+rehearse.py (the rollback rehearsal's phases);
 pool.py runs host workers; outcomes.py holds the records the engine hands back.
 """
 
