@@ -215,5 +215,8 @@ class LiveDisplay:
     def close(self) -> None:
         """Leave the final view on screen."""
         with self._lock:
-            if self._live_started:
-                self._live.stop()
+            started = self._live_started
+        # Not under our lock: rich's refresh thread holds its own lock while it renders this
+        # view, which takes ours; stopping takes rich's lock, so holding ours here deadlocks.
+        if started:
+            self._live.stop()
