@@ -185,3 +185,21 @@ def test_the_document_is_still_written_when_the_journal_cannot_be_read(tmp_path:
     assert doc["outcome"] == "succeeded"
     assert doc["failed"] == []
     assert "journal" in doc["journal_error"]
+
+
+def test_a_held_lock_is_a_json_refusal_naming_the_holder(tmp_path: Path) -> None:
+    from rollout import api
+    from rollout.lock import EnvironmentLock, LockHolder
+
+    lock = EnvironmentLock(api.lock_dir(), "ci", "demo")
+    lock.acquire(LockHolder.current("someone-else"))
+    try:
+        result = rollout(*run_args(_plan(tmp_path), tmp_path / "state", "--json"))
+    finally:
+        lock.release()
+    assert result.returncode == 3, result.stdout + result.stderr
+    doc = _document(result.stdout)
+    assert doc["outcome"] == "refused"
+    assert doc["environment"] == "demo"
+    assert "someone-else" in doc["error"]
+    assert not list(tmp_path.glob("h*-s*"))
