@@ -33,6 +33,7 @@ class EventKind:
     # --rehearse-rollback: each of forward, rollback, reapply opens and closes with these
     REHEARSAL_PHASE = "rehearsal.phase"
     REHEARSAL_PHASE_END = "rehearsal.phase_end"
+    PARITY_FACTS = "parity.facts"  # the plan's parity facts as gathered, before the first change
     GUARDS_START = "guards.start"
     GUARD_STATE = "guard.state"
     GUARD_LAGGING = "guard.lagging"  # a guard's probes do not start within one `every` of their due time

@@ -1,6 +1,6 @@
 """Start, stop and inspect a fleet of toy gateways on 127.0.0.1 (hosts gw-1..gw-N).
 
-    python examples/exchange/fleet.py start --root DIR --count N --base-port P [--metadata FILE]
+    python examples/exchange/fleet.py start --root DIR --count N --base-port P [--metadata FILE] [--build B]
     python examples/exchange/fleet.py stop --root DIR
     python examples/exchange/fleet.py status --root DIR
 
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ DEFAULT_METADATA = HERE / "metadata" / "v1.json"
 FLEET_FILE = "fleet.json"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 3.0
+DEFAULT_BUILD = "1.4.2"  # gateway.py's default; this file runs as a script, so it cannot import it
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,19 @@ def _wait_for_port(portfile: Path, proc: subprocess.Popen[bytes], deadline: floa
     raise TimeoutError(f"gateway did not bind within {START_TIMEOUT}s; see {portfile.parent}/gateway.log")
 
 
-def start_fleet(root: Path, count: int, base_port: int, metadata: Path = DEFAULT_METADATA) -> list[GatewayInfo]:
-    """Start `count` gateways serving a copy of `metadata`; base_port 0 picks free ports."""
+def start_fleet(
+    root: Path,
+    count: int,
+    base_port: int,
+    metadata: Path = DEFAULT_METADATA,
+    *,
+    build: str = DEFAULT_BUILD,
+    builds: Mapping[str, str] | None = None,
+) -> list[GatewayInfo]:
+    """Start `count` gateways serving a copy of `metadata`; base_port 0 picks free ports.
+
+    Each reports `build` on GET /version, or its own from `builds` (host -> build).
+    """
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
@@ -132,6 +145,8 @@ def start_fleet(root: Path, count: int, base_port: int, metadata: Path = DEFAULT
                     str(gw_dir / "gateway.pid"),
                     "--portfile",
                     str(gw_dir / "gateway.port"),
+                    "--build",
+                    (builds or {}).get(host, build),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -205,13 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--count", type=int, default=3)
     start.add_argument("--base-port", type=int, default=0, help="0 picks free ports")
     start.add_argument("--metadata", type=Path, default=DEFAULT_METADATA)
+    start.add_argument("--build", default=DEFAULT_BUILD, help="the build every gateway reports")
     for name in ("stop", "status"):
         sub.add_parser(name).add_argument("--root", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "start":
         if load_fleet(args.root):
             stop_fleet(args.root)
-        fleet = start_fleet(args.root, args.count, args.base_port, args.metadata)
+        fleet = start_fleet(args.root, args.count, args.base_port, args.metadata, build=args.build)
         print(json.dumps([g.to_dict() for g in fleet], indent=2))
     elif args.command == "stop":
         print(json.dumps({"stopped": stop_fleet(args.root)}))

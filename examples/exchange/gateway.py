@@ -1,6 +1,6 @@
 """A toy order gateway: places, amends and cancels orders against instrument metadata.
 
-    python examples/exchange/gateway.py --port P --metadata FILE [--pidfile F] [--portfile F]
+    python examples/exchange/gateway.py --port P --metadata FILE [--pidfile F] [--portfile F] [--build B]
 
 Stdlib only, bound to 127.0.0.1. It loads metadata the way a real service too often does:
 naively. A reload swaps in whatever the file holds and rebuilds its routing table in place,
@@ -9,7 +9,7 @@ field or a zero tick, rejections on a stale duplicate, no route after a dangling
 and turns `GET /probe` red. That is the behaviour rollout's guards must catch.
 
 Endpoints: POST /orders, POST /orders/<id>/amend, POST /orders/<id>/cancel, GET /probe,
-GET /metadata, GET /health, POST /reload. SIGHUP reloads too; SIGTERM stops cleanly.
+GET /metadata, GET /health, GET /version, POST /reload. SIGHUP reloads too; SIGTERM stops cleanly.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import Any
 PROBE_SYMBOLS = ("BTC-USD", "ETH-USD")
 # Integer reference prices are multiples of every sane tick, so the probe needs no rounding.
 PROBE_PRICES = {"BTC-USD": Decimal(30000), "ETH-USD": Decimal(2000)}
+# The build a gateway reports unless told otherwise: a parity fact the plans compare.
+DEFAULT_BUILD = "1.4.2"
 
 
 class Rejected(Exception):
@@ -209,6 +211,7 @@ class Handler(BaseHTTPRequestHandler):
     """JSON in, JSON out; every failure is a JSON error body."""
 
     exchange: Exchange
+    build = DEFAULT_BUILD
     verbose = False
     protocol_version = "HTTP/1.1"
 
@@ -245,11 +248,14 @@ class Handler(BaseHTTPRequestHandler):
                     {
                         "ok": True,
                         "pid": os.getpid(),
+                        "build": self.build,
                         "version": ex.version,
                         "loaded_at": ex.loaded_at,
                         "reload_error": ex.last_reload_error,
                     },
                 )
+            elif method == "GET" and parts == ["version"]:
+                self._send(200, {"build": self.build, "metadata_version": ex.version})
             elif method == "GET" and parts == ["metadata"]:
                 self._send(200, ex.doc)
             elif method == "GET" and parts == ["probe"]:
@@ -281,14 +287,21 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
-def serve(port: int, metadata: Path, pidfile: Path | None, portfile: Path | None, verbose: bool) -> int:
+def serve(
+    port: int,
+    metadata: Path,
+    pidfile: Path | None,
+    portfile: Path | None,
+    verbose: bool,
+    build: str = DEFAULT_BUILD,
+) -> int:
     """Run until SIGTERM or SIGINT."""
     exchange = Exchange(metadata)
     error = exchange.reload()
     if exchange.doc is None:
         print(f"gateway: cannot load {metadata}: {error}", file=sys.stderr)
         return 2
-    handler = type("BoundHandler", (Handler,), {"exchange": exchange, "verbose": verbose})
+    handler = type("BoundHandler", (Handler,), {"exchange": exchange, "verbose": verbose, "build": build})
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
 
@@ -325,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pidfile", type=Path)
     parser.add_argument("--portfile", type=Path, help="where to write the bound port")
     parser.add_argument("--verbose", action="store_true", help="log one line per request")
+    parser.add_argument("--build", default=DEFAULT_BUILD, help="the gateway build it reports (GET /version)")
     args = parser.parse_args(argv)
-    return serve(args.port, args.metadata, args.pidfile, args.portfile, args.verbose)
+    return serve(args.port, args.metadata, args.pidfile, args.portfile, args.verbose, args.build)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     print(outcome.outcome, int(outcome.exit_status))
 
 Plans:    load, validate, schedule (the dry run), schedule_as_dict, prechecks, json_schema
+Parity:   check_parity (-> ParityReport); rollout.api.parity.gather and .compare
 Runs:     prepare, run, recover (-> RunOutcome | AlreadySettled), check_rehearsal
 CI:       run_document (a run as one JSON document), refusal_document, run_cases (JUnit)
 Evidence: verify (-> Verification), report (md, json, html), runs, timeline, unlock
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from rollout.api.history import runs as runs
     from rollout.api.history import timeline as timeline
     from rollout.api.history import unlock as unlock
+    from rollout.api.parity import ParityReport as ParityReport
+    from rollout.api.parity import check_parity as check_parity
     from rollout.api.plans import PlanCheck as PlanCheck
     from rollout.api.plans import describe_check as describe_check
     from rollout.api.plans import json_schema as json_schema
@@ -71,6 +74,7 @@ _HOMES = {
     "rollout.api.dirs": ("lock_dir", "state_dir"),
     "rollout.api.evidence": ("Verification", "found_anchors", "report", "verify"),
     "rollout.api.history": ("Timeline", "run_summary", "runs", "timeline", "unlock"),
+    "rollout.api.parity": ("ParityReport", "check_parity"),
     "rollout.api.plans": (
         "PlanCheck",
         "describe_check",
@@ -113,6 +117,7 @@ __all__ = [
     "ExitStatus",
     "LoadedPlan",
     "Outcome",
+    "ParityReport",
     "PlanCheck",
     "Prepared",
     "RunOutcome",
@@ -121,6 +126,7 @@ __all__ = [
     "Sink",
     "Timeline",
     "Verification",
+    "check_parity",
     "check_rehearsal",
     "check_sign_key",
     "describe_check",

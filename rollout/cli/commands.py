@@ -5,6 +5,7 @@ from rollout.cli import (  # noqa: F401
     history_cmds,
     lock_cmds,
     metadata_cmds,
+    parity_cmds,
     plan_cmds,
     report_cmds,
     run_cmds,

@@ -17,7 +17,7 @@ from rollout.cli.junit import Case, write_junit
 from rollout.errors import ExitStatus, PlanError, RolloutError
 
 if TYPE_CHECKING:
-    from rollout.api import PlanCheck
+    from rollout.api import PlanCheck, Schedule
 
 
 def _as_dict(exc: PlanError) -> dict[str, Any]:
@@ -124,7 +124,8 @@ def _redact(text: str, secrets: frozenset[str]) -> str:
 @app.command(
     "plan",
     epilog="Examples:\n\n  rollout plan plans/order-gateway-metadata.yaml --env demo\n\n"
-    "  rollout plan plan.yaml --env production --var release=v3 --json",
+    "  rollout plan plan.yaml --env production --var release=v3 --json\n\n"
+    "  rollout plan plan.yaml --env production --out plan.lock   (then: rollout run plan.lock)",
 )
 def plan_command(
     plan: Annotated[Path, typer.Argument(help="The plan file.", show_default=False)],
@@ -137,8 +138,16 @@ def plan_command(
             "--prechecks", help="Also run the read-only pre-checks on every host, for real (exit 3 if any fails)."
         ),
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write a lock file pinning this schedule; `rollout run LOCK` runs it only if it still renders the same.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Dry run: the exact schedule a run would execute, rendered per host; changes nothing."""
+    """Dry run: the exact schedule a run would execute, rendered per host, and its pin; changes nothing."""
     from rollout import api
 
     try:
@@ -147,10 +156,11 @@ def plan_command(
         schedule = api.schedule(loaded, env, overrides=parse_vars(var))
     except RolloutError as exc:
         fail(exc)
+    pin = _pin_and_lock(schedule, parse_vars(var), out)
     data = api.schedule_as_dict(schedule)
     secrets = schedule.secret_values
     if as_json:
-        terminal.print(_redact(json.dumps(data, indent=2), secrets))
+        terminal.print(_redact(json.dumps({**data, "pin": pin}, indent=2), secrets))
         raise typer.Exit(0)
     p = loaded.plan
     envspec = p.environments[env]
@@ -200,10 +210,25 @@ def plan_command(
         "irreversible steps: " + (", ".join(irreversible) if irreversible else "none (every step has a rollback)")
     )
     lines.append(f"not simulated: the {len(p.steps)} steps themselves (they change things); nothing was changed")
+    lines.append(f"pin: {pin}")
+    if out is not None:
+        lines.append(f"lock written to {out}: `rollout run {out}` runs exactly this, or refuses (exit 3)")
     terminal.print(_redact("\n".join(lines), secrets))
     if not prechecks:
         raise typer.Exit(0)
     raise typer.Exit(_run_prechecks(plan, env, parse_vars(var)))
+
+
+def _pin_and_lock(schedule: Schedule, overrides: dict[str, str], out: Path | None) -> str:
+    """The schedule's pin; with `out`, the lock file pinning it is written first (atomically)."""
+    from rollout.api.pin import pin_of, write_lock
+
+    if out is None:
+        return pin_of(schedule, overrides)
+    try:
+        return str(write_lock(out, schedule, overrides)["pin"])
+    except RolloutError as exc:
+        fail(exc)
 
 
 def _run_prechecks(plan: Path, env: str, overrides: dict[str, str]) -> int:

@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "verify": "history_cmds",
     "unlock": "lock_cmds",
     "metadata": "metadata_cmds",
+    "parity": "parity_cmds",
     "validate": "plan_cmds",
     "plan": "plan_cmds",
     "schema": "plan_cmds",

@@ -230,11 +230,17 @@ def _confirm(prepared: Prepared, env: str, yes: bool, refuse: Callable[[RolloutE
 
 @app.command(
     epilog="Examples:\n\n  rollout run plans/order-gateway-metadata.yaml --env demo\n\n"
-    "  rollout run plan.yaml --env production --yes --lock-timeout 30s --grace 20s",
+    "  rollout run plan.yaml --env production --yes --lock-timeout 30s --grace 20s\n\n"
+    "  rollout run plan.lock --yes   (written by `rollout plan --env production --out plan.lock`)",
 )
 def run(
-    plan: Annotated[Path, typer.Argument(help="The plan file.", show_default=False)],
-    env: Annotated[str, typer.Option("--env", "-e", help="The environment to run on.", show_default=False)],
+    plan: Annotated[
+        Path, typer.Argument(help="The plan file, or a lock file from `rollout plan --out`.", show_default=False)
+    ],
+    env: Annotated[
+        str | None,
+        typer.Option("--env", "-e", help="The environment to run on (a lock file names it).", show_default=False),
+    ] = None,
     var: VarOption = None,
     yes: Annotated[
         bool,
@@ -259,6 +265,14 @@ def run(
     ] = None,
     state_dir_opt: StateDirOption = None,
     lock_dir_opt: LockDirOption = None,
+    expect_digest: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-digest",
+            help="Run only if the plan still renders to this pin (`rollout plan` prints it); else refuse, exit 3.",
+            show_default=False,
+        ),
+    ] = None,
     rehearse_rollback: Annotated[
         bool,
         typer.Option(
@@ -277,6 +291,7 @@ def run(
 ) -> None:
     """Execute a plan: pre-checks, guards, waves; automatic rollback on any failure."""
     from rollout import api
+    from rollout.api.pin import prepare_pinned
 
     ci = _CiOutput(json_out, junit)
     lock_wait = duration_option(lock_timeout, "--lock-timeout")
@@ -286,13 +301,13 @@ def run(
     try:
         if sign_key is not None:
             api.check_sign_key(sign_key)
-        prepared = api.prepare(plan, env, overrides=overrides)
+        prepared = prepare_pinned(plan, env, overrides=overrides, expect_pin=expect_digest)
         if rehearse_rollback:
             api.check_rehearsal(prepared)
         api.freeze_check(prepared)
     except RolloutError as exc:
         ci.refuse(exc, prepared)
-    _confirm(prepared, env, yes, lambda exc: ci.refuse(exc, prepared))
+    _confirm(prepared, prepared.schedule.env_name, yes, lambda exc: ci.refuse(exc, prepared))
     display = _display(prepared, json_out)
     try:
         outcome = api.run(

@@ -160,6 +160,7 @@ class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin
         if self._abort.is_set():  # interrupted during pre-checks: nothing changed
             return self.end_unchanged(Outcome.INTERRUPTED, self._cause or Cause("interrupt", "interrupted"))
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
+        self.journal_parity()  # read-only: what the environment was like before the first change
         self.guards.start()
         if self.rehearsing:
             return self._rehearse(self._waves)

@@ -1,4 +1,4 @@
-"""Pre-checks: read-only questions on every host before anything changes.
+"""Pre-checks (and the parity facts journaled after them): read-only questions on every host before anything changes.
 
 Nothing may change on a fleet that is not ready: every SSH host must be reachable (host
 key checked, `true` runs) and every pre-check must pass, or the run is refused with
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 
+from rollout.checks.parity import FactReading
 from rollout.engine.core import EngineCore
+from rollout.engine.parity import FactGatherer
 from rollout.engine.prepare import HostPlan
 from rollout.event import Event, EventKind
 
@@ -58,6 +60,23 @@ class PrecheckMixin(EngineCore):
         order = {h.name: i for i, h in enumerate(hosts)}
         failed.sort(key=lambda f: order[f[0]])
         return failed
+
+    def gather_parity(self) -> dict[str, FactReading]:
+        """The plan's parity facts on every host (read-only, bounded like pre-checks): fact -> reading."""
+        return FactGatherer(self.schedule, self.runner, self.executor, self._abort).gather(self._pool.run)
+
+    def journal_parity(self) -> None:
+        """Journal the parity facts as gathered, before the first change; plans without facts journal nothing.
+
+        A fact that cannot be gathered is journaled with its error and the run goes on:
+        whether the facts match is the gate's question, not the run's.
+        """
+        if not self.schedule.loaded.plan.parity:
+            return
+        facts = self.gather_parity()
+        complete = not any(r.errors for r in facts.values())
+        data = {"facts": {name: reading.to_journal() for name, reading in facts.items()}}
+        self._emit(Event(EventKind.PARITY_FACTS, outcome="ok" if complete else "incomplete", data=data), sync=True)
 
     def _reachable(self, host: HostPlan) -> bool:
         """Connect (host key checked) and run `true`: nothing may change on a fleet we cannot fully reach."""

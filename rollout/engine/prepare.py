@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from rollout.errors import PlanError, UsageError
 from rollout.executors.base import Target
-from rollout.model import Check, Guard, Host, Notify, Step
+from rollout.model import Check, Guard, Host, Notify, ParityFact, Step
 from rollout.planfile import LoadedPlan, Variables, check_overrides, host_variables, render_model
 from rollout.template import RenderBudget
 from rollout.units import Percent
@@ -29,6 +29,7 @@ class HostPlan:
     guards: tuple[Guard, ...]
     steps: tuple[Step, ...]
     variables: Variables
+    parity: tuple[ParityFact, ...] = ()  # the plan's parity facts, rendered for this host
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ def prepare_schedule(
             guards=tuple(rendered("guards", tuple(plan.guards), variables, host_name)),  # type: ignore[arg-type]
             steps=tuple(rendered("steps", tuple(plan.steps), variables, host_name)),  # type: ignore[arg-type]
             variables=variables,
+            parity=tuple(rendered("parity", tuple(plan.parity), variables, host_name)),  # type: ignore[arg-type]
         )
     env_vars = host_variables(
         loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation, budget=budget

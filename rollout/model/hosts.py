@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rollout.model.base import Model, Name, ProbeDuration, Vars
+from rollout.model.checks import DocumentSource
 
 
 class SshOptions(Model):
@@ -65,9 +66,62 @@ class Environment(Model):
         return out
 
 
+PARITY_SOURCES = ("command", "http", "metadata")
+
+
+class ParityHttp(Model):
+    """Ask an HTTP endpoint from the orchestrator; the fact is one JSON field of the body (or the body)."""
+
+    url: str
+    json_path: str | None = Field(
+        default=None, alias="json", description="JSON path ($.a.b[0]) of the value; without it, the body stripped"
+    )
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("json_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("$"):
+            raise ValueError(f"a JSON path starts with '$': {value!r}")
+        return value
+
+
 class ParityFact(Model):
-    """A fact compared between environments: declared, or gathered by a command."""
+    """A fact compared between environments: gathered on every host, or declared per environment.
+
+    At most one source (`command`, `http`, `metadata`); without one, the value is each
+    environment's `facts: {name: value}`. `expect: equal` wants one value everywhere,
+    `expect: differ` shows the values and never calls them drift, and `template` wants each
+    host's value to equal the template rendered for that host (`{{ env }}`, vars).
+    """
 
     name: Name
-    command: str | None = Field(default=None, description="gather the fact from each host")
-    expect: Literal["equal", "declared"] = "equal"
+    command: str | None = Field(default=None, description="a read-only command on each host; its stdout, stripped")
+    http: ParityHttp | None = Field(default=None, description="an HTTP JSON field (or body), asked per host")
+    metadata: DocumentSource | None = Field(
+        default=None, description="a metadata document per host; the fact is its canonical digest (sha256:...)"
+    )
+    expect: Literal["equal", "differ"] = "equal"
+    template: str | None = Field(
+        default=None, description="each host's value must equal this, rendered for the host ({{ env }}, vars)"
+    )
+    timeout: ProbeDuration = 5.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ParityFact:
+        given = [k for k in PARITY_SOURCES if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"a parity fact has at most one of {', '.join(PARITY_SOURCES)} (found {', '.join(given)})")
+        if self.template is not None and self.expect == "differ":
+            raise ValueError("a parity fact compared by 'template' cannot also 'expect: differ'")
+        return self
+
+    @property
+    def source(self) -> str:
+        """Where the value comes from: command, http, metadata, or declared."""
+        return next((k for k in PARITY_SOURCES if getattr(self, k) is not None), "declared")
+
+    @property
+    def mode(self) -> Literal["equal", "differ", "template"]:
+        """How values are compared: equal, differ, or template."""
+        return "template" if self.template is not None else self.expect

@@ -308,6 +308,7 @@ def build_report(records: Sequence[Record], *, run_id: str) -> IncidentReport:
         bars=bars,
         guard_segments=segments,
         impact_window=window,
+        parity=next((dict(r.data.get("facts") or {}) for r in records if r.kind == EventKind.PARITY_FACTS), None),
         span_seconds=span,
         rehearsal=rehearsal_phases(records),
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from rollout.report.clock import clock as _clock
 from rollout.report.records import NO_IMPACT, FirstFailure, Impact, IncidentReport, Rollback
+from rollout.report.timeline import parity_fact_summary
 
 FOLLOW_UP_ROWS = 3
 
@@ -157,6 +158,20 @@ def _rollback(rb: Rollback | None) -> list[str]:
     ]
 
 
+def _parity(facts: dict[str, Any] | None) -> list[str]:
+    """The parity facts as gathered before the first change (only for plans that declare some)."""
+    if facts is None:
+        return []
+    out = ["## Parity facts", "", "As gathered on every host before the first change.", ""]
+    out += ["| fact | expect | values |", "|---|---|---|"]
+    for name, fact in facts.items():
+        expect = fact.get("expect") or "equal"
+        if expect == "template":
+            expect = f"template `{_cell(fact.get('template'))}`"
+        out.append(f"| {_cell(name)} | {expect} | {_cell(parity_fact_summary({**fact, 'expect': None}))} |")
+    return out
+
+
 def _evidence(report: IncidentReport) -> list[str]:
     e = report.evidence
     return [
@@ -184,11 +199,13 @@ def render_markdown(report: IncidentReport) -> str:
         _timeline(report),
         _first_failure(report.first_failure),
         _rollback(report.rollback),
+        _parity(report.parity),
         _evidence(report),
         _follow_ups(),
     ]
     out = [f"# Incident report: {s.plan} on {s.environment} ({s.outcome})"]
     for section in sections:
-        out += ["", *section]
+        if section:
+            out += ["", *section]
     out.append("")  # the document ends with a newline
     return "\n".join(out)

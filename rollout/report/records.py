@@ -152,6 +152,7 @@ class IncidentReport:
     span_seconds: float = 0.0
     # a --rehearse-rollback run's phases, in order: {"phase", "outcome", "seconds"}
     rehearsal: list[dict[str, Any]] = field(default_factory=list)
+    parity: dict[str, Any] | None = None  # the `parity.facts` event's facts, as journaled
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -176,6 +177,7 @@ def report_from_dict(data: Mapping[str, Any]) -> IncidentReport:
         impact_window=(float(window[0]), float(window[1])) if window else None,
         span_seconds=float(data.get("span_seconds", 0.0)),
         rehearsal=[dict(p) for p in data.get("rehearsal", [])],
+        parity=data.get("parity"),
     )
 
 

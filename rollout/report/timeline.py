@@ -55,6 +55,29 @@ def _prechecks_failed(event: Described, d: Mapping[str, Any], prefix: str) -> st
     return f"pre-checks FAILED on {len(failed)} check(s); nothing was changed"
 
 
+def parity_fact_summary(fact: Mapping[str, Any]) -> str:
+    """One parity fact of a `parity.facts` event: its distinct values (with their hosts when they disagree), errors."""
+    values = fact.get("values") or {}
+    errors = fact.get("errors") or {}
+    by_value: dict[str, list[str]] = {}
+    for host, value in values.items():
+        by_value.setdefault(str(value), []).append(str(host))
+    if len(by_value) == 1:
+        shown = repr(next(iter(by_value)))
+    else:
+        shown = "; ".join(f"{v!r} ({', '.join(hosts)})" for v, hosts in by_value.items()) or "no value"
+    if errors:
+        shown += f"; not gathered on {', '.join(str(h) for h in errors)}: {_short(next(iter(errors.values())), 120)}"
+    mode = fact.get("expect")
+    return f"{shown} (expect {mode})" if mode and mode != "equal" else shown
+
+
+def _parity_facts(event: Described, d: Mapping[str, Any], prefix: str) -> str:
+    facts = d.get("facts") or {}
+    shown = "; ".join(f"{name} = {parity_fact_summary(fact)}" for name, fact in facts.items())
+    return f"parity facts gathered ({len(facts)}): {_short(shown, 400)}"
+
+
 def _guard_state(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return f"{prefix}guard '{d.get('guard')}' {str(event.outcome).upper()} ({d.get('consecutive_failures')}/{d.get('fail_after')}): {_short(d.get('summary'))}"
 
@@ -126,6 +149,7 @@ RENDERERS: dict[str, Renderer] = {
     EventKind.PRECHECKS_FAILED: _prechecks_failed,
     EventKind.REHEARSAL_PHASE: lambda e, d, p: f"REHEARSAL {d.get('phase')} phase started",
     EventKind.REHEARSAL_PHASE_END: _rehearsal_phase_end,
+    EventKind.PARITY_FACTS: _parity_facts,
     EventKind.GUARDS_START: lambda e, d, p: f"guards started: {', '.join(d.get('guards', []))}",
     EventKind.GUARD_STATE: _guard_state,
     EventKind.GUARD_LAGGING: _guard_lagging,
