@@ -144,6 +144,18 @@ def test_a_plain_run_on_a_rehearsal_environment_records_rollback_not_exercised(t
     assert "## Rehearsal" not in (state / "runs" / run_id_of(state) / "report.md").read_text()
 
 
+def test_the_record_carries_the_parity_facts_the_run_journaled(tmp_path: Path) -> None:
+    plan = _local_plan(tmp_path)
+    plan.write_text(plan.read_text() + "parity:\n  - {name: build, command: 'echo 1.4.2'}\n")
+    state = tmp_path / "state"
+    result = rollout(*run_args(plan, state, "--rehearse-rollback"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    facts = next(e for e in events(state) if e["kind"] == "parity.facts")
+    record = _record(state, run_id_of(state))
+    assert record["parity"] == facts["data"]
+    assert record["parity"]["facts"]["build"]["values"] == {"h1": "1.4.2", "h2": "1.4.2"}
+
+
 def test_a_rehearsal_whose_rollback_fails_stops_there_exits_4_and_records_it(tmp_path: Path) -> None:
     broken = tmp_path / "rollback-is-broken"
     broken.touch()  # s2's rollback fails while this exists: only the rehearsal's rollback meets it

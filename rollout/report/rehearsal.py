@@ -26,7 +26,6 @@ from rollout.report.clock import seconds_between
 
 FORMAT = 1
 RECORD_FILE = "rehearsal.json"
-PARITY_FACTS = "parity.facts"  # the parity gathering's journal event (its data is copied as is)
 
 
 def rehearsal_record(records: Sequence[Record]) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def rehearsal_record(records: Sequence[Record]) -> dict[str, Any]:
             opened[str(r.data.get("phase"))] = r
         elif r.kind == EventKind.REHEARSAL_PHASE_END:
             closed[str(r.data.get("phase"))] = r
-        elif r.kind == PARITY_FACTS and parity is None:
+        elif r.kind == EventKind.PARITY_FACTS and parity is None:  # copied as journaled
             parity = dict(r.data)
     outcome = str(end.outcome) if end is not None else None
     if opened:
