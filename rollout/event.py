@@ -30,6 +30,9 @@ class EventKind:
     PRECHECK = "precheck.result"
     PRECHECKS_PASSED = "prechecks.passed"
     PRECHECKS_FAILED = "prechecks.failed"
+    # --rehearse-rollback: each of forward, rollback, reapply opens and closes with these
+    REHEARSAL_PHASE = "rehearsal.phase"
+    REHEARSAL_PHASE_END = "rehearsal.phase_end"
     PARITY_FACTS = "parity.facts"  # the plan's parity facts as gathered, before the first change
     GUARDS_START = "guards.start"
     GUARD_STATE = "guard.state"

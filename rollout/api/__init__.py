@@ -7,7 +7,8 @@
 
 Plans:    load, validate, schedule (the dry run), schedule_as_dict, prechecks, json_schema
 Parity:   check_parity (-> ParityReport); rollout.api.parity.gather and .compare
-Runs:     prepare, run, recover (-> RunOutcome | AlreadySettled)
+Runs:     prepare, run, recover (-> RunOutcome | AlreadySettled), check_rehearsal
+CI:       run_document (a run as one JSON document), refusal_document, run_cases (JUnit)
 Evidence: verify (-> Verification), report (md, json, html), runs, timeline, unlock
 Metadata: rollout.api.metadata (validate a document, diff two versions)
 
@@ -22,6 +23,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rollout.api.ci import refusal_document as refusal_document
+    from rollout.api.ci import run_cases as run_cases
+    from rollout.api.ci import run_document as run_document
     from rollout.api.dirs import lock_dir as lock_dir
     from rollout.api.dirs import state_dir as state_dir
     from rollout.api.evidence import Verification as Verification
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from rollout.api.running import AlreadySettled as AlreadySettled
     from rollout.api.running import Prepared as Prepared
     from rollout.api.running import RunOutcome as RunOutcome
+    from rollout.api.running import check_rehearsal as check_rehearsal
     from rollout.api.running import check_sign_key as check_sign_key
     from rollout.api.running import freeze_check as freeze_check
     from rollout.api.running import prepare as prepare
@@ -65,6 +70,7 @@ if TYPE_CHECKING:
     from rollout.report.timeline import describe_event as describe_event
 
 _HOMES = {
+    "rollout.api.ci": ("refusal_document", "run_cases", "run_document"),
     "rollout.api.dirs": ("lock_dir", "state_dir"),
     "rollout.api.evidence": ("Verification", "found_anchors", "report", "verify"),
     "rollout.api.history": ("Timeline", "run_summary", "runs", "timeline", "unlock"),
@@ -84,6 +90,7 @@ _HOMES = {
         "AlreadySettled",
         "Prepared",
         "RunOutcome",
+        "check_rehearsal",
         "check_sign_key",
         "freeze_check",
         "prepare",
@@ -120,6 +127,7 @@ __all__ = [
     "Timeline",
     "Verification",
     "check_parity",
+    "check_rehearsal",
     "check_sign_key",
     "describe_check",
     "describe_event",
@@ -133,8 +141,11 @@ __all__ = [
     "prepare",
     "problems_of",
     "recover",
+    "refusal_document",
     "report",
     "run",
+    "run_cases",
+    "run_document",
     "run_summary",
     "runs",
     "schedule",

@@ -161,6 +161,22 @@ def freeze_check(prepared: Prepared, now: dt.datetime | None = None) -> None:
         )
 
 
+def check_rehearsal(prepared: Prepared) -> None:
+    """Refuse (usage, exit 2) a rollback rehearsal off a rehearsal environment, or of a way back that cannot be run."""
+    env = prepared.schedule.env_name
+    if not prepared.rehearsal:
+        raise UsageError(
+            f"--rehearse-rollback: environment '{env}' is not a rehearsal environment "
+            f"(mark it `rehearsal: true` in {prepared.loaded.shown}); nothing was changed"
+        )
+    irreversible = [s.name for s in prepared.loaded.plan.steps if s.irreversible]
+    if irreversible:
+        raise UsageError(
+            f"--rehearse-rollback: step(s) {', '.join(irreversible)} have `rollback: none`: their way back "
+            "cannot be rehearsed, and reapplying them unrolled would run them twice; nothing was changed"
+        )
+
+
 def check_sign_key(key: Path) -> None:
     """Refuse before any change when the head could not be signed at the end."""
     if shutil.which("ssh-keygen") is None:
@@ -184,8 +200,12 @@ def run(
     signals: bool = True,
     on_interrupt: Callable[[str], None] | None = None,
     warn: Warn | None = None,
+    rehearse_rollback: bool = False,
 ) -> RunOutcome:
     """Execute a plan on an environment: pre-checks, guards, waves, automatic rollback on any failure.
+
+    `rehearse_rollback` (rehearsal environments only, else UsageError) follows the waves
+    with a rollback of everything, guards green, then the waves again: both ways proven.
 
     `plan` is a plan file (then `env` is required) or the result of `prepare`. Every event,
     secrets redacted, goes to `on_event` and to each of `sinks` (a sink with a `close()` is
@@ -196,6 +216,8 @@ def run(
     returned outcome, never an exception.
     """
     plan = _prepared(plan, env, overrides)
+    if rehearse_rollback:
+        check_rehearsal(plan)
     if sign_key is not None:
         check_sign_key(sign_key)
     freeze_check(plan)
@@ -209,7 +231,14 @@ def run(
         # recorded before the journal begins: a run that dies from here on blocks the next one until recovered
         lock.record_run(schedule.run_id, rundir.path)
         journal = Journal.create(rundir.journal, run_id=schedule.run_id, plan_digest=plan.loaded.digest)
-        outcome = drive(schedule, journal, rundir, wiring, action=lambda e: e.run(), sign_key=sign_key)
+        outcome = drive(
+            schedule,
+            journal,
+            rundir,
+            wiring,
+            action=lambda e: e.run(rehearse_rollback=rehearse_rollback),
+            sign_key=sign_key,
+        )
         clear_if_settled(lock, rundir.path, rundir.run_id, wiring.warn)
         return outcome
     finally:
@@ -303,6 +332,8 @@ def drive(
         _close_sinks(wiring.sinks)
         journal.close()
     _write_report(rundir, wiring.warn)
+    if schedule.loaded.plan.environments[schedule.env_name].rehearsal:
+        _write_rehearsal_record(rundir, wiring.warn)
     signed, sign_error = _sign(rundir, journal, sign_key)
     return RunOutcome(result, rundir, schedule, (journal.seq, journal.head), redactor, signed, sign_error)
 
@@ -337,6 +368,16 @@ def _write_report(rundir: RunDir, warn: Warn) -> None:
         write_markdown_report(rundir)
     except RolloutError as exc:
         warn(f"warning: could not write the report: {exc}")
+
+
+def _write_rehearsal_record(rundir: RunDir, warn: Warn) -> None:
+    """Write rehearsal.json at the end of every run on a rehearsal environment (its journal is the evidence)."""
+    from rollout.report.rehearsal import write_rehearsal_record
+
+    try:
+        write_rehearsal_record(rundir.path)
+    except RolloutError as exc:
+        warn(f"warning: could not write the rehearsal record: {exc}")
 
 
 def _sign(rundir: RunDir, journal: Journal, key: Path | None) -> tuple[Path | None, str | None]:

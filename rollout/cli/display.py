@@ -77,6 +77,7 @@ class LiveDisplay:
         self.guard: dict[str, str] = dict.fromkeys(schedule.hosts, "—")
         self.lagging: set[str] = set()  # hosts whose guard probes do not keep their pace
         self.phase = "pre-checks"
+        self.rehearsal = ""  # the --rehearse-rollback phase, shown before the run's phase
         self.status = ""
         self.recent: deque[str] = deque(maxlen=6)
         self.started = time.monotonic()
@@ -124,6 +125,8 @@ class LiveDisplay:
     def _fold_phase(self, e: Event) -> None:
         """The run's phase and status line."""
         k = e.kind
+        if k == EventKind.REHEARSAL_PHASE:
+            self.rehearsal = f"rehearsal {e.data.get('phase')}: "
         if k == EventKind.WAVE_START:
             self.phase = f"wave {e.wave}"
         elif k == EventKind.BAKE_START:
@@ -180,7 +183,10 @@ class LiveDisplay:
         head = Text.assemble(
             (f"{self.schedule.plan_name} ", "bold"),
             (f"on {self.schedule.env_name}  ", ""),
-            (f"{self.phase}", "bold magenta" if "ROLL" in self.phase or "ABORT" in self.phase else "bold"),
+            (
+                f"{self.rehearsal}{self.phase}",
+                "bold magenta" if "ROLL" in self.phase or "ABORT" in self.phase else "bold",
+            ),
             (f"  {elapsed:6.1f}s", "dim"),
         )
         table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
@@ -209,5 +215,8 @@ class LiveDisplay:
     def close(self) -> None:
         """Leave the final view on screen."""
         with self._lock:
-            if self._live_started:
-                self._live.stop()
+            started = self._live_started
+        # Not under our lock: rich's refresh thread holds its own lock while it renders this
+        # view, which takes ours; stopping takes rich's lock, so holding ours here deadlocks.
+        if started:
+            self._live.stop()

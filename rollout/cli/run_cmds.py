@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -52,13 +53,14 @@ def display_for(prepared: Prepared) -> LiveDisplay | PlainDisplay:
 class _Summary:
     """The operator's summary of a finished run, secrets redacted (it quotes command output)."""
 
-    def __init__(self, outcome: RunOutcome) -> None:
+    def __init__(self, outcome: RunOutcome, *, to_stderr: bool = False) -> None:
         self.outcome = outcome
         self.result = outcome.result
+        self._print = terminal.error if to_stderr else terminal.print
 
     def out(self, text: str) -> None:
-        """One line on stdout, redacted."""
-        terminal.print(self.outcome.redactor.text(text))
+        """One line on stdout (stderr when stdout carries the JSON document), redacted."""
+        self._print(self.outcome.redactor.text(text))
 
     def print(self) -> None:
         """The whole summary, then where the evidence is."""
@@ -128,9 +130,9 @@ class _Summary:
             )
 
 
-def finish(outcome: RunOutcome) -> int:
+def finish(outcome: RunOutcome, *, to_stderr: bool = False) -> int:
     """Print the summary and the journal head (the last line, an anchor for a CI log); the exit code."""
-    _Summary(outcome).print()
+    _Summary(outcome, to_stderr=to_stderr).print()
     signed = ""
     if outcome.sign_error is not None:
         terminal.error(f"error: the journal head was not signed: {outcome.sign_error}")
@@ -138,16 +140,87 @@ def finish(outcome: RunOutcome) -> int:
         signed = f", signed in {outcome.signed}"
     seq, head = outcome.head
     # the last line: an anchor for `rollout verify RUN --head SEQ:HASH` kept in a CI log
-    terminal.print(f"  journal head {seq}:{head}{signed}")
+    (terminal.error if to_stderr else terminal.print)(f"  journal head {seq}:{head}{signed}")
     return int(outcome.exit_status)
 
 
-def _confirm(prepared: Prepared, env: str, yes: bool) -> None:
+class _CiOutput:
+    """`run --json` and `--junit FILE`: what CI reads; with --json stdout carries one JSON document only."""
+
+    def __init__(self, json_out: bool, junit: Path | None) -> None:
+        self.json = json_out
+        self.junit = junit
+
+    def refuse(self, exc: RolloutError, prepared: Prepared | None = None) -> NoReturn:
+        """A run that never began: the error on stderr, and in the JSON document when asked."""
+        if not self.json:
+            fail(exc)
+        from rollout import api
+        from rollout.exits import exit_status_for
+
+        status = int(exit_status_for(exc))
+        terminal.error(str(exc))
+        self._document(api.refusal_document(exc, status, prepared=prepared))
+        raise typer.Exit(status)
+
+    def finish(self, outcome: RunOutcome) -> int:
+        """The human summary, then the JUnit file and the JSON document; the exit code."""
+        code = finish(outcome, to_stderr=self.json)
+        if self.junit is not None:
+            try:
+                _write_run_junit(self.junit, outcome)
+            except RolloutError as exc:
+                terminal.error(f"error: {exc}")
+        if self.json:
+            from rollout import api
+
+            self._document(api.run_document(outcome))
+        return code
+
+    @staticmethod
+    def _document(doc: dict[str, object]) -> None:
+        import json
+
+        # stdout itself, never the rich console: the document must not be wrapped or styled
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+
+def _write_run_junit(path: Path, outcome: RunOutcome) -> None:
+    """One testcase per host x step (failure: the step's summary), plus one per guard trip."""
+    from rollout import api
+    from rollout.cli.junit import Case, write_junit
+
+    steps, trips = api.run_cases(outcome)
+    redact = outcome.redactor.text
+    cases = [
+        Case(
+            name=f"{s.host} / {s.step}",
+            classname=f"{outcome.schedule.plan_name}.{outcome.schedule.env_name}",
+            failure=redact(s.failure) if s.failure is not None else None,
+            skipped="not started on this host" if s.state == "not_started" and s.failure is None else None,
+            output=f"state: {s.state}",
+            time=s.seconds,
+        )
+        for s in steps
+    ]
+    cases += [
+        Case(
+            name=f"guard '{t.guard}' on {t.host}",
+            classname=f"{outcome.schedule.plan_name}.{outcome.schedule.env_name}.guards",
+            failure=redact(f"guard '{t.guard}' tripped on {t.host}: {t.summary}"),
+        )
+        for t in trips
+    ]
+    write_junit(path, f"rollout run {outcome.run.run_id}", cases)
+
+
+def _confirm(prepared: Prepared, env: str, yes: bool, refuse: Callable[[RolloutError], NoReturn] = fail) -> None:
     """A non-rehearsal environment is changed only when the operator said so (--yes, or typing its name)."""
     if prepared.rehearsal or yes:
         return
     if not sys.stdin.isatty():
-        fail(UsageError(f"refusing to change '{env}' (not a rehearsal environment) without confirmation: pass --yes"))
+        refuse(UsageError(f"refusing to change '{env}' (not a rehearsal environment) without confirmation: pass --yes"))
     answer = typer.prompt(
         f"Run '{prepared.loaded.plan.name}' on {env} ({len(prepared.schedule.hosts)} hosts)? Type the environment name to confirm"
     )
@@ -200,23 +273,42 @@ def run(
             show_default=False,
         ),
     ] = None,
+    rehearse_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--rehearse-rollback",
+            help="Rehearsal environments only: apply, roll everything back (guards must be green), apply again.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON document on stdout at the end (no live display; text goes to stderr)."),
+    ] = False,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", help="Write a JUnit XML report: a testcase per host x step, and per guard trip."),
+    ] = None,
 ) -> None:
     """Execute a plan: pre-checks, guards, waves; automatic rollback on any failure."""
     from rollout import api
     from rollout.api.pin import prepare_pinned
 
+    ci = _CiOutput(json_out, junit)
     lock_wait = duration_option(lock_timeout, "--lock-timeout")
     grace_s = duration_option(grace, "--grace")
     overrides = parse_vars(var)
+    prepared: Prepared | None = None
     try:
         if sign_key is not None:
             api.check_sign_key(sign_key)
         prepared = prepare_pinned(plan, env, overrides=overrides, expect_pin=expect_digest)
+        if rehearse_rollback:
+            api.check_rehearsal(prepared)
         api.freeze_check(prepared)
     except RolloutError as exc:
-        fail(exc)
-    _confirm(prepared, prepared.schedule.env_name, yes)
-    display = display_for(prepared)
+        ci.refuse(exc, prepared)
+    _confirm(prepared, prepared.schedule.env_name, yes, lambda exc: ci.refuse(exc, prepared))
+    display = _display(prepared, json_out)
     try:
         outcome = api.run(
             prepared,
@@ -228,11 +320,21 @@ def run(
             sign_key=sign_key,
             on_interrupt=display.note,
             warn=terminal.error,
+            rehearse_rollback=rehearse_rollback,
         )
     except RolloutError as exc:
         display.close()
-        fail(exc)
-    raise typer.Exit(finish(outcome))
+        ci.refuse(exc, prepared)
+    raise typer.Exit(ci.finish(outcome))
+
+
+def _display(prepared: Prepared, json_out: bool) -> LiveDisplay | PlainDisplay:
+    """With --json, stdout is the document's: progress goes to stderr as plain lines."""
+    if json_out:
+        from rollout.cli.display import PlainDisplay
+
+        return PlainDisplay(terminal.err)
+    return display_for(prepared)
 
 
 @app.command(

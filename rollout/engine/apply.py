@@ -22,7 +22,14 @@ plans and failures), and where the code that upholds each one lives:
   beyond the budget, the run aborts (`_host_failed` here);
 - when the journal fails, no forward work starts again, but rollbacks go on (the
   targets matter more than the evidence) and the bus keeps a side record (core.py:
-  `_emit`, `_journal_failed`).
+  `_emit`, `_journal_failed`);
+- a rollback rehearsal (`run(rehearse_rollback=True)`) runs forward, rollback, reapply in
+  order, each between `rehearsal.phase` and `rehearsal.phase_end`, none after one that
+  failed; its rollback phase is an abort's rollback (every applied step, newest first,
+  then guards freshly green within the recovery timeout) and a failure there ends the
+  run rollback_failed with nothing reapplied; Ctrl-C in it lets it finish, then ends the
+  run interrupted; reapply's end and the success verdict are journaled under one lock
+  (rehearse.py; tests/test_rehearse_model.py checks these on random plans and failures).
 
 Threads: host workers and guards are threads because SSH and probes block; work is
 cancelled by killing process groups or closing channels (Executor.cancel), never by
@@ -30,7 +37,8 @@ hoping a thread notices (pool.py).
 
 The Engine is this run driver (the run from start to verdict, waves, the failure
 budget) over one part per concern: core.py (state, bus, the abort machinery), prechecks.py,
-steps.py (one step on one host), bake.py (bake and the success verdict), rollback.py;
+steps.py (one step on one host), bake.py (bake and the success verdict), rollback.py,
+rehearse.py (the rollback rehearsal's phases);
 pool.py runs host workers; outcomes.py holds the records the engine hands back.
 """
 
@@ -52,6 +60,7 @@ from rollout.engine.outcomes import (
 )
 from rollout.engine.prechecks import SSH_CHECK, PrecheckMixin
 from rollout.engine.prepare import HostPlan
+from rollout.engine.rehearse import RehearsalMixin
 from rollout.engine.rollback import RollbackMixin
 from rollout.engine.steps import StepsMixin
 from rollout.errors import JournalError
@@ -71,13 +80,18 @@ __all__ = [
 ]
 
 
-class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
+class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
     """Executes a prepared schedule, or rolls back what a dead run left applied."""
 
     # --- the run ------------------------------------------------------------------
 
-    def run(self) -> RunResult:
-        """Pre-checks, guards, waves with bake; on any abort, roll back. Never raises for a target's failure."""
+    def run(self, *, rehearse_rollback: bool = False) -> RunResult:
+        """Pre-checks, guards, waves with bake; on any abort, roll back. Never raises for a target's failure.
+
+        With `rehearse_rollback`, the waves are followed by a deliberate rollback of
+        everything and then by the waves again (rehearse.py).
+        """
+        self.rehearsing = rehearse_rollback
         try:
             try:
                 return self._run()
@@ -148,8 +162,22 @@ class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
         self._emit(Event(EventKind.PRECHECKS_PASSED, outcome="ok", data={"hosts": len(s.hosts)}))
         self.journal_parity()  # read-only: what the environment was like before the first change
         self.guards.start()
+        if self.rehearsing:
+            return self._rehearse(self._waves)
+        last_change = self._waves()
+        if last_change is not None:
+            result = self._finish(since=last_change)
+            if result is not None:
+                return result
+        return self._abort_and_roll_back()
+
+    def _waves(self, *, skip: frozenset[str] = frozenset()) -> float | None:
+        """Every wave, each followed by its bake: when the last change was made, or None once the run aborts.
+
+        Hosts in `skip` (put back after failing within budget) are left out.
+        """
         last_change = self.guards.now()
-        for wave in s.waves:
+        for wave in self.schedule.waves:
             if self._abort.is_set():
                 break
             self._emit(
@@ -159,18 +187,14 @@ class Engine(PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
                     data={"hosts": list(wave.hosts), "size": wave.size},
                 )
             )
-            self._run_wave(wave.index, wave.hosts)
+            self._run_wave(wave.index, tuple(h for h in wave.hosts if h not in skip))
             if self._abort.is_set():
                 break
             self._emit(Event(EventKind.WAVE_END, wave=wave.index, outcome="ok"))
             last_change = self.guards.now()
             if not self._bake(wave.index, since=last_change):
                 break
-        if not self._abort.is_set():
-            result = self._finish(since=last_change)
-            if result is not None:
-                return result
-        return self._abort_and_roll_back()
+        return None if self._abort.is_set() else last_change
 
     def end_unchanged(
         self, outcome: str, cause: Cause, *, failed_prechecks: tuple[tuple[str, str, str], ...] = ()

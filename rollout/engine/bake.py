@@ -102,8 +102,11 @@ class BakeMixin(EngineCore):
             )
         )
 
-    def _finish(self, *, since: float) -> RunResult | None:
-        """Take the success verdict on a frozen snapshot of the guards; None when the run must roll back."""
+    def _finish(self, *, since: float, closing: Event | None = None) -> RunResult | None:
+        """Take the success verdict on a frozen snapshot of the guards; None when the run must roll back.
+
+        `closing` (a rehearsal's last phase end) is journaled with the verdict, under the same lock.
+        """
         s = self.schedule
         deadline = time.monotonic() + self._settle_bound()
         while not self.guards.empty:
@@ -128,6 +131,8 @@ class BakeMixin(EngineCore):
         with self._journal_order:  # the verdict and an abort line cannot cross
             if self._abort.is_set():
                 return None
+            if closing is not None:
+                self._emit(closing, sync=True)
             self._emit(Event(EventKind.RUN_END, outcome=Outcome.SUCCEEDED, data=data), sync=True)
         return RunResult(
             Outcome.SUCCEEDED,

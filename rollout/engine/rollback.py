@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from rollout.checks import excerpt
 from rollout.engine.core import EngineCore
@@ -34,6 +35,16 @@ from rollout.engine.processes import command_env, new_token
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors.base import CommandResult
 from rollout.units import format_duration
+
+
+@dataclass(frozen=True)
+class Undo:
+    """What one pass of rollbacks over every host did, and what it left applied."""
+
+    undone: tuple[tuple[str, str], ...]
+    failures: tuple[RollbackFailure, ...]
+    remaining: dict[str, tuple[str, ...]]
+    irreversible: dict[str, tuple[str, ...]]
 
 
 class RollbackMixin(EngineCore):
@@ -62,32 +73,54 @@ class RollbackMixin(EngineCore):
         if applied is not None:
             self._applied = {h: list(v) for h, v in applied.items()}
             self._tracked = {id(a) for stack in self._applied.values() for a in stack}
+        undo = self._undo_all(
+            cause.summary,
+            plan=plan,
+            attempts=list(self._host_rollback_failures),
+            undone=list(self._host_rollbacks),
+        )
+        green = self._recovery_check()
+        return self._end_rolled_back(cause, undo, green, interrupted=interrupted)
+
+    def _undo_all(
+        self,
+        reason: str,
+        *,
+        plan: Mapping[str, list[str]] | None = None,
+        attempts: list[RollbackFailure] | None = None,
+        undone: list[tuple[str, str]] | None = None,
+    ) -> Undo:
+        """Undo every applied step, newest first, hosts in parallel, between rollback.start and rollback.end.
+
+        `attempts` and `undone` carry what earlier rollbacks of this run (hosts that failed
+        within budget) already tried; the failures returned are those that still stand.
+        """
         plan = plan or {h: list(names) for h, names in self._still_applied(irreversible=True).items()}
-        self._emit(Event(EventKind.ROLLBACK_START, data={"plan": plan, "cause": cause.summary}), sync=True)
+        self._emit(Event(EventKind.ROLLBACK_START, data={"plan": plan, "cause": reason}), sync=True)
         if not self.guards.empty and not self.guards.running:  # recovery, or after the final freeze
             self.guards.start()
-        attempts: list[RollbackFailure] = list(self._host_rollback_failures)
-        undone: list[tuple[str, str]] = list(self._host_rollbacks)
+        tried: list[RollbackFailure] = list(attempts or [])
+        done: list[tuple[str, str]] = list(undone or [])
         lock = threading.Lock()
 
         def host_rollback(host: HostPlan) -> None:
-            f, u, _, _ = self._roll_back_host(host.name, reason=cause.summary)
+            f, u, _, _ = self._roll_back_host(host.name, reason=reason)
             with lock:
-                attempts.extend(f)
-                undone.extend(u)
+                tried.extend(f)
+                done.extend(u)
 
         hosts = [self.schedule.hosts[h] for h in self._still_applied(irreversible=True)]
         self._pool.run(host_rollback, hosts, rollback=True)
         remaining = self._still_applied()
         irreversible = self._irreversible_left()
         # Only the failures that still stand: the last attempt on a step that is still applied.
-        failures = list({(f.host, f.step): f for f in attempts if f.step in remaining.get(f.host, ())}.values())
+        failures = list({(f.host, f.step): f for f in tried if f.step in remaining.get(f.host, ())}.values())
         self._emit(
             Event(
                 EventKind.ROLLBACK_END,
                 outcome="failed" if failures else "ok",
                 data={
-                    "undone": [list(x) for x in undone],
+                    "undone": [list(x) for x in done],
                     "failed": [{"host": f.host, "step": f.step, "summary": f.summary} for f in failures],
                     "remaining": {h: list(v) for h, v in remaining.items()},
                     "irreversible_left": {h: list(v) for h, v in irreversible.items()},
@@ -95,6 +128,10 @@ class RollbackMixin(EngineCore):
             ),
             sync=True,
         )
+        return Undo(tuple(done), tuple(failures), remaining, irreversible)
+
+    def _recovery_check(self) -> bool:
+        """After a rollback, every guard must pass a fresh probe within the recovery timeout (journaled)."""
         green = self.guards.wait_all_green(self.recovery_timeout)
         if not self.guards.empty:
             still = [
@@ -116,6 +153,11 @@ class RollbackMixin(EngineCore):
                 ),
                 sync=True,
             )
+        return green
+
+    def _end_rolled_back(self, cause: Cause, undo: Undo, green: bool, *, interrupted: bool) -> RunResult:
+        """Stop the guards and end the run after its rollback: the outcome is what is still applied."""
+        undone, failures, remaining, irreversible = undo.undone, undo.failures, undo.remaining, undo.irreversible
         self._stop_probes.set()
         self.guards.stop()
         if remaining or not green:
@@ -146,8 +188,8 @@ class RollbackMixin(EngineCore):
         return RunResult(
             outcome,
             cause=cause,
-            rolled_back=tuple(undone),
-            rollback_failures=tuple(failures),
+            rolled_back=undone,
+            rollback_failures=failures,
             remaining=remaining,
             irreversible_left=irreversible,
             failed_hosts=tuple(self._failed_hosts),
@@ -161,7 +203,7 @@ class RollbackMixin(EngineCore):
             return {
                 host: names
                 for host, stack in self._applied.items()
-                if (names := tuple(a.step.name for a in reversed(stack) if a.step.irreversible))
+                if (names := tuple(dict.fromkeys(a.step.name for a in reversed(stack) if a.step.irreversible)))
             }
 
     def _roll_back_host(

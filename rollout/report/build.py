@@ -28,6 +28,7 @@ from rollout.report.records import (
     Summary,
     TimelineEntry,
 )
+from rollout.report.rehearsal import rehearsal_phases
 from rollout.report.swimlanes import impact_window, swimlanes
 from rollout.report.timeline import describe_event
 
@@ -144,15 +145,19 @@ def _timeline(
     records: Sequence[Record], markers: Mapping[int, str], offset: Callable[[str], float]
 ) -> list[TimelineEntry]:
     phase = "pre-checks"
+    rehearsal = ""  # a --rehearse-rollback run names its phase beside each part of it
     entries: list[TimelineEntry] = []
     for r in records:
         kind = r.kind
         phase = _PHASE_FROM.get(kind, phase)
+        if kind == EventKind.REHEARSAL_PHASE:
+            rehearsal = f" (rehearsal: {r.data.get('phase')})"
+            phase = "rollback" if r.data.get("phase") == "rollback" else "waves"
         at = offset(r.ts)
         if _significant(r):
-            entries.append(TimelineEntry(r.ts, at, phase, describe_event(r)))
+            entries.append(TimelineEntry(r.ts, at, phase + rehearsal, describe_event(r)))
         if r.seq in markers:
-            entries.append(TimelineEntry(r.ts, at, phase, markers[r.seq], marker=True))
+            entries.append(TimelineEntry(r.ts, at, phase + rehearsal, markers[r.seq], marker=True))
         # ... and the phase that follows these
         if kind == EventKind.ROLLBACK_END:
             phase = "recovery"
@@ -305,4 +310,5 @@ def build_report(records: Sequence[Record], *, run_id: str) -> IncidentReport:
         impact_window=window,
         parity=next((dict(r.data.get("facts") or {}) for r in records if r.kind == EventKind.PARITY_FACTS), None),
         span_seconds=span,
+        rehearsal=rehearsal_phases(records),
     )

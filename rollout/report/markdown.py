@@ -50,6 +50,19 @@ def _summary(report: IncidentReport) -> list[str]:
     ]
 
 
+def _rehearsal(report: IncidentReport) -> list[str]:
+    """A --rehearse-rollback run's three phases; nothing for a plain run."""
+    if not report.rehearsal:
+        return []
+    out = ["## Rehearsal", "", "| phase | outcome | duration |", "|---|---|---|"]
+    for p in report.rehearsal:
+        seconds = p.get("seconds")
+        out.append(
+            f"| {_cell(p.get('phase'))} | **{_cell(p.get('outcome'))}** | {_secs(seconds) if isinstance(seconds, int | float) else 'did not end'} |"
+        )
+    return out
+
+
 def _impact(impact: Impact | None) -> list[str]:
     out = ["## Impact", ""]
     if impact is None:
@@ -181,6 +194,7 @@ def render_markdown(report: IncidentReport) -> str:
     s = report.summary
     sections = [
         _summary(report),
+        *([_rehearsal(report)] if report.rehearsal else []),
         _impact(report.impact),
         _timeline(report),
         _first_failure(report.first_failure),

@@ -150,6 +150,8 @@ class IncidentReport:
     guard_segments: list[GuardSegment] = field(default_factory=list)
     impact_window: tuple[float, float] | None = None
     span_seconds: float = 0.0
+    # a --rehearse-rollback run's phases, in order: {"phase", "outcome", "seconds"}
+    rehearsal: list[dict[str, Any]] = field(default_factory=list)
     parity: dict[str, Any] | None = None  # the `parity.facts` event's facts, as journaled
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,6 +176,7 @@ def report_from_dict(data: Mapping[str, Any]) -> IncidentReport:
         guard_segments=[GuardSegment(**s) for s in data.get("guard_segments", [])],
         impact_window=(float(window[0]), float(window[1])) if window else None,
         span_seconds=float(data.get("span_seconds", 0.0)),
+        rehearsal=[dict(p) for p in data.get("rehearsal", [])],
         parity=data.get("parity"),
     )
 

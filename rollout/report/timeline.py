@@ -138,11 +138,17 @@ def _run_end(event: Described, d: Mapping[str, Any], prefix: str) -> str:
     return f"run ended: {str(event.outcome).upper()}{why}"
 
 
+def _rehearsal_phase_end(event: Described, d: Mapping[str, Any], prefix: str) -> str:
+    return f"REHEARSAL {d.get('phase')} phase {str(d.get('outcome')).upper()} in {d.get('seconds')}s"
+
+
 RENDERERS: dict[str, Renderer] = {
     EventKind.RUN_START: _run_start,
     EventKind.PRECHECK: _precheck,
     EventKind.PRECHECKS_PASSED: lambda e, d, p: "pre-checks passed on every host",
     EventKind.PRECHECKS_FAILED: _prechecks_failed,
+    EventKind.REHEARSAL_PHASE: lambda e, d, p: f"REHEARSAL {d.get('phase')} phase started",
+    EventKind.REHEARSAL_PHASE_END: _rehearsal_phase_end,
     EventKind.PARITY_FACTS: _parity_facts,
     EventKind.GUARDS_START: lambda e, d, p: f"guards started: {', '.join(d.get('guards', []))}",
     EventKind.GUARD_STATE: _guard_state,
