@@ -305,3 +305,19 @@ def test_plan_out_never_overwrites_one_of_the_plans_files(setup: Setup) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert "one of the plan's own files" in done.stderr
     assert setup.include.read_bytes() == before
+
+
+def test_a_plan_variable_built_from_host_variables_pins_and_runs(tmp_path: Path) -> None:
+    """`gateway: http://...:{{ port }}` with `port` set per host: the lock says so and the pinned run runs."""
+    setup = Setup(tmp_path)
+    setup.plan.write_text(
+        PLAN.format()
+        .replace("  release: v1\n", "  release: v1\n  target: '{{ host }}-{{ slot }}'\n")
+        .replace("h1: { groups: [canary] }", "h1: { groups: [canary], vars: { slot: b } }")
+    )
+    setup.pin_it()
+    lock = json.loads(setup.lock.read_text())
+    assert lock["variables"]["target"] == {"per_host": True}
+    done = setup.rollout("run", str(setup.lock), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert setup.ran() == ["h1-v1-eu", "h2-v1-eu"]

@@ -171,6 +171,7 @@ def _variables(schedule: Schedule, overrides: Mapping[str, str]) -> dict[str, An
     """The environment's variables as rendered (plan < environment < --var); secret ones only named."""
     from rollout.errors import PlanError
     from rollout.planfile import host_variables
+    from rollout.template import TemplateProblem
 
     loaded, env = schedule.loaded, schedule.env_name
     variables = host_variables(loaded, env, None, overrides=overrides, run_id="dry-run", for_validation=True)
@@ -182,7 +183,7 @@ def _variables(schedule: Schedule, overrides: Mapping[str, str]) -> dict[str, An
             continue
         try:
             out[name] = variables.values[name]
-        except PlanError:
+        except (PlanError, TemplateProblem):
             # it refers to a host's variables: its effect is in each host's rendered schedule
             out[name] = {"per_host": True}
     return out
