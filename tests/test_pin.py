@@ -321,3 +321,23 @@ def test_a_plan_variable_built_from_host_variables_pins_and_runs(tmp_path: Path)
     done = setup.rollout("run", str(setup.lock), "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert setup.ran() == ["h1-v1-eu", "h2-v1-eu"]
+
+
+def test_the_same_files_checked_out_elsewhere_run_from_the_lock(tmp_path: Path) -> None:
+    """A lock written in one checkout runs in another (each CI job has its own workspace)."""
+    import shutil
+
+    (tmp_path / "laptop").mkdir()
+    setup = Setup(tmp_path / "laptop")
+    setup.plan.write_text(
+        PLAN.format().replace("&& test -n {{ token }}", "&& test -d {{ plan_dir }} && test -n {{ token }}")
+    )
+    setup.pin_it()
+    ci = tmp_path / "ci-workspace"
+    shutil.copytree(setup.root / "plans", ci / "plans")
+    shutil.copytree(setup.root / "review", ci / "review")
+    done = setup.rollout("run", str(ci / "review" / "plan.lock"), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert setup.ran() == ["h1-v1-eu", "h2-v1-eu"]
+    lock = (ci / "review" / "plan.lock").read_text()
+    assert str(setup.root) not in lock.replace(str(setup.markers), ""), "the lock names no checkout path"

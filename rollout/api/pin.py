@@ -102,8 +102,31 @@ def rendered_schedule(schedule: Schedule) -> dict[str, Any]:
     """The dry-run schedule as data with secrets redacted: what a reviewer saw."""
     from rollout.api.plans import schedule_as_dict
 
-    data: dict[str, Any] = redact(schedule_as_dict(schedule), schedule.secret_values)
+    data: dict[str, Any] = portable(redact(schedule_as_dict(schedule), schedule.secret_values), schedule)
     return data
+
+
+def portable(value: Any, schedule: Schedule) -> Any:
+    """`value` with the plan's directory written as `{{ plan_dir }}` wherever it was rendered in.
+
+    The same files checked out elsewhere (a reviewer's laptop, each CI job's workspace) are
+    the same plan: the pin is about the files' bytes (the plan digest) and what they render
+    to, not where the checkout happens to be.
+    """
+    plan_dir = str(schedule.loaded.path.parent.resolve())
+    if plan_dir == os.sep:  # a plan at the root: "/" is in every path, replacing it would blur them all
+        return value
+    return _replace_in_strings(value, plan_dir, "{{ plan_dir }}")
+
+
+def _replace_in_strings(item: Any, old: str, new: str) -> Any:
+    if isinstance(item, str):
+        return item.replace(old, new)
+    if isinstance(item, Mapping):
+        return {_replace_in_strings(k, old, new): _replace_in_strings(v, old, new) for k, v in item.items()}
+    if isinstance(item, list | tuple):
+        return [_replace_in_strings(v, old, new) for v in item]
+    return item
 
 
 def pin_of(schedule: Schedule, overrides: Mapping[str, str]) -> str:
@@ -216,7 +239,7 @@ def lock_document(schedule: Schedule, overrides: Mapping[str, str], lock_path: P
         },
         "environment": schedule.env_name,
         "overrides": pinned,
-        "variables": redact(_variables(schedule, overrides), secrets),
+        "variables": portable(redact(_variables(schedule, overrides), secrets), schedule),
         "inventory": redact(_inventory(schedule), secrets),
         "schedule": rendered,
         "pin": _pin(schedule, pinned, rendered),
