@@ -10,6 +10,8 @@ Parity:   check_parity (-> ParityReport); rollout.api.parity.gather and .compare
 Runs:     prepare, run, recover (-> RunOutcome | AlreadySettled), check_rehearsal
 CI:       run_document (a run as one JSON document), refusal_document, run_cases (JUnit)
 Evidence: verify (-> Verification), report (md, json, html), runs, timeline, unlock
+Pinning:  rollout.api.pin (pin_of, write_lock, read_lock, prepare_pinned -> PinMismatch when it differs)
+Gate:     rollout.api.gate.gate (-> GateResult), rollout.api.export.export (an evidence bundle)
 Metadata: rollout.api.metadata (validate a document, diff two versions)
 
 Nothing here prints or exits: errors are the documented tree in `rollout.errors`
