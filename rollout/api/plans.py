@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from rollout.api.running import Prepared
     from rollout.engine.events import Sink
     from rollout.engine.prepare import Schedule
-    from rollout.model import Check
+    from rollout.model import Check, Step
     from rollout.planfile import LoadedPlan
 
 
@@ -175,7 +175,8 @@ def _host_as_dict(h: Any) -> dict[str, Any]:
             {
                 "name": s.name,
                 "run": s.run,
-                "rollback": None if s.irreversible else s.rollback,
+                "upload": _upload_as_dict(s),
+                "rollback": None if s.irreversible else s.rollback_command,
                 "irreversible": s.irreversible,
                 "timeout": format_duration(s.timeout),
                 "retries": s.retries,
@@ -183,6 +184,19 @@ def _host_as_dict(h: Any) -> dict[str, Any]:
             }
             for s in h.steps
         ],
+    }
+
+
+def _upload_as_dict(step: Step) -> dict[str, Any] | None:
+    """An upload step's file, as `rollout plan` shows it (the content is read when the step runs)."""
+    if step.upload is None:
+        return None
+    return {
+        "src": step.upload.src,
+        "dest": step.upload.dest,
+        "mode": f"{step.upload.mode:04o}",
+        "owner": step.upload.owner,
+        "template": step.upload.template,
     }
 
 

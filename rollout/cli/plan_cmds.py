@@ -198,7 +198,7 @@ def plan_command(
                 lines.append(
                     f"    {i}. {step['name']} (timeout {step['timeout']}{', retries ' + str(step['retries']) if step['retries'] else ''})"
                 )
-                lines.append(f"       run:      {step['run']}")
+                lines.append(_step_action(step))
                 for v in step["verify"]:
                     lines.append(f"       verify:   {v['name'] + ': ' if v['name'] else ''}{v['check']}")
                 lines.append(f"       rollback: {step['rollback'] if step['rollback'] else 'NONE (irreversible)'}")
@@ -229,6 +229,17 @@ def _pin_and_lock(schedule: Schedule, overrides: dict[str, str], out: Path | Non
         return str(write_lock(out, schedule, overrides)["pin"])
     except RolloutError as exc:
         fail(exc)
+
+
+def _step_action(step: dict[str, Any]) -> str:
+    """The `run:` line of a step, or its `upload:` line: src -> dest, mode, owner, template."""
+    up = step.get("upload")
+    if not up:
+        return f"       run:      {step['run']}"
+    extra = "".join(
+        [f", owner {up['owner']}" if up["owner"] else "", ", rendered with the host's vars" if up["template"] else ""]
+    )
+    return f"       upload:   {up['src']} -> {up['dest']} (mode {up['mode']}{extra})"
 
 
 def _run_prechecks(plan: Path, env: str, overrides: dict[str, str]) -> int:

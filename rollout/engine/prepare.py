@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from rollout.engine.uploads import check_upload_sources
 from rollout.errors import PlanError, UsageError
 from rollout.executors.base import Target
 from rollout.model import Check, Guard, Host, Notify, ParityFact, Step
@@ -182,6 +183,7 @@ def prepare_schedule(
             variables=variables,
             parity=tuple(rendered("parity", tuple(plan.parity), variables, host_name)),  # type: ignore[arg-type]
         )
+        check_upload_sources(loaded, hosts[host_name].steps, variables.values, env_name=env_name, host_name=host_name)
     env_vars = host_variables(
         loaded, env_name, None, overrides=overrides, run_id=run_id, for_validation=for_validation, budget=budget
     )

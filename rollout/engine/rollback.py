@@ -32,6 +32,7 @@ from rollout.engine.outcomes import (
 )
 from rollout.engine.prepare import HostPlan
 from rollout.engine.processes import command_env, new_token
+from rollout.engine.uploads import restore_step, upload_key
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors.base import CommandResult
 from rollout.units import format_duration
@@ -241,7 +242,7 @@ class RollbackMixin(EngineCore):
                     host=host_name,
                     step=step.name,
                     data={
-                        "command": step.rollback,
+                        "command": step.rollback_command,
                         "timeout": format_duration(timeout),
                         "reason": reason,
                         "state": item.state,
@@ -251,13 +252,16 @@ class RollbackMixin(EngineCore):
                 sync=True,
             )
             try:
-                result = self._execute(
-                    ex,
-                    step.rollback,
-                    timeout,
-                    env=command_env(self.schedule.run_id, token),
-                    on_start=self._record_process(item.wave, host_name, step.name, "rollback", token),
-                )
+                if step.restores_upload:
+                    result = restore_step(ex, step, key=upload_key(self.schedule.run_id, item.index))
+                else:
+                    result = self._execute(
+                        ex,
+                        step.rollback,
+                        timeout,
+                        env=command_env(self.schedule.run_id, token),
+                        on_start=self._record_process(item.wave, host_name, step.name, "rollback", token),
+                    )
             except Exception as exc:  # rollout's own failure must not leave the host half undone silently
                 result = CommandResult(host_name, step.rollback, None, "", f"internal error: {exc!r}", 0.0)
             self._emit(

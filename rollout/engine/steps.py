@@ -18,6 +18,7 @@ from rollout.engine.core import EngineCore
 from rollout.engine.outcomes import AppliedStep, Cause, ended, result_data, result_outcome
 from rollout.engine.prepare import HostPlan
 from rollout.engine.processes import command_env, new_token
+from rollout.engine.uploads import upload_key, upload_step
 from rollout.errors import ConnectError, ExecutorError
 from rollout.event import Event, EventKind
 from rollout.executors.base import CommandResult, Executor
@@ -77,7 +78,8 @@ class StepsMixin(EngineCore):
             host=host.name,
             step=step.name,
             data={
-                "command": step.run,
+                "command": step.command,
+                **({"upload": {"src": step.upload.src, "dest": step.upload.dest}} if step.upload else {}),
                 "attempt": attempt,
                 "timeout": format_duration(step.timeout),
                 "index": applied.index,
@@ -87,20 +89,31 @@ class StepsMixin(EngineCore):
         if not self._emit_intent(intent):
             return None
         self._track_applied(applied)
+        facts: dict[str, object] = {}
         try:
-            result = ex.run(
-                step.run,
-                timeout=step.timeout,
-                env=command_env(self.schedule.run_id, token),
-                on_start=self._record_process(wave, host.name, step.name, "step", token),
-            )
+            if step.upload is not None:
+                result, facts = upload_step(
+                    ex,
+                    step,
+                    plan_dir=self.schedule.loaded.path.parent,
+                    variables=host.variables.values,
+                    key=upload_key(self.schedule.run_id, applied.index),
+                )
+            else:
+                assert step.run is not None
+                result = ex.run(
+                    step.run,
+                    timeout=step.timeout,
+                    env=command_env(self.schedule.run_id, token),
+                    on_start=self._record_process(wave, host.name, step.name, "step", token),
+                )
         except ConnectError as exc:
             if attempt == 1:
                 return self._not_started(wave, host, applied, exc)
             # an earlier attempt ran on the host: the step stays in the rollback
-            result = CommandResult(host.name, step.run, None, "", str(exc), 0.0)
+            result = CommandResult(host.name, step.command, None, "", str(exc), 0.0)
         except ExecutorError as exc:  # reached the host: the command may have started
-            result = CommandResult(host.name, step.run, None, "", str(exc), 0.0)
+            result = CommandResult(host.name, step.command, None, "", str(exc), 0.0)
         self._emit(
             Event(
                 EventKind.STEP_RESULT,
@@ -108,7 +121,12 @@ class StepsMixin(EngineCore):
                 host=host.name,
                 step=step.name,
                 outcome=result_outcome(result),
-                data={**result_data(result), "attempt": attempt, "of": attempts},
+                data={
+                    **result_data(result),
+                    **({"upload": facts} if facts else {}),
+                    "attempt": attempt,
+                    "of": attempts,
+                },
             ),
             sync=True,
         )
@@ -129,7 +147,7 @@ class StepsMixin(EngineCore):
             f"step '{step.name}' {what} on {host.name}" + (f": {tail}" if tail else ""),
             host=host.name,
             step=step.name,
-            detail={"command": step.run, **result_data(result)},
+            detail={"command": step.command, **result_data(result)},
         )
 
     def _verify_step(self, wave: int, host: HostPlan, step: Step, ex: Executor) -> Cause | None:

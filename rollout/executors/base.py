@@ -80,6 +80,23 @@ class CommandResult:
         return "\n".join(text.rstrip("\n").split("\n")[-lines:])
 
 
+@dataclass(frozen=True)
+class Uploaded:
+    """What an upload left on the target: the sha256 read back from dest, never the content."""
+
+    dest: str
+    size: int
+    sha256: str
+    backup: str  # where the previous content was kept (or the marker that there was none)
+    existed: bool  # dest existed before the first attempt
+
+
+def backup_paths(dest: str, key: str) -> tuple[str, str]:
+    """Beside dest: the copy of its previous content, and the marker that it did not exist."""
+    base = f"{dest}.rollout-prev-{key}"
+    return base, f"{base}.absent"
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Runs shell commands and moves files on one target."""
@@ -108,6 +125,19 @@ class Executor(Protocol):
 
     def put_file(self, data: bytes, path: str, *, mode: int = 0o644) -> None:
         """Replace `path` on the target atomically with `data`, with permissions `mode`."""
+        ...
+
+    def upload(self, data: bytes, dest: str, *, mode: int, owner: str | None, key: str) -> Uploaded:
+        """Keep dest's previous content beside it (once per key), then replace dest atomically with `data`.
+
+        The new content goes to a temporary file in dest's directory, gets its mode and
+        owner, and is renamed over dest; the sha256 of dest is then read back from the target.
+        A failure before the rename leaves dest as it was.
+        """
+        ...
+
+    def restore_upload(self, dest: str, key: str) -> str:
+        """Undo upload(..., key=key): put the kept content back (or remove dest); idempotent. Says what it did."""
         ...
 
     def cancel(self) -> None:

@@ -11,12 +11,16 @@ buffer unbounded output.
 from __future__ import annotations
 
 import contextlib
+import grp
+import hashlib
 import os
+import pwd
 import select
 import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 from rollout.errors import ExecutorError
@@ -28,6 +32,8 @@ from rollout.executors.base import (
     OnStart,
     OutputTail,
     Target,
+    Uploaded,
+    backup_paths,
     validate_env,
 )
 from rollout.executors.faults import READ_FAULTS, SPAWN_FAULTS, WRITE_FAULTS, translate
@@ -189,6 +195,42 @@ class _LocalProcess(Process):
         self.proc.wait()
 
 
+def _owner_ids(owner: str) -> tuple[int, int]:
+    """`user[:group]` (names or numbers) as the uid and gid for chown; -1 leaves one unchanged."""
+    user, _, group = owner.partition(":")
+    uid = -1 if not user else int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    gid = -1 if not group else int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in `directory` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _keep_previous(dest: str, backup: str, absent: str) -> bool:
+    """Keep dest's current content beside it, unless an earlier attempt did; True if dest existed then.
+
+    A hard link keeps the old inode (content, mode, owner) while the upload renames a new
+    one over dest. The first attempt's copy wins: a retry must not keep its own half-change.
+    """
+    if os.path.lexists(absent):
+        return False
+    if os.path.lexists(backup):
+        return True
+    if not os.path.lexists(dest):
+        os.close(os.open(absent, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+        return False
+    os.link(dest, backup)
+    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    return True
+
+
 class LocalExecutor:
     """Runs commands with /bin/sh on this machine."""
 
@@ -269,6 +311,60 @@ class LocalExecutor:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
+
+    def upload(self, data: bytes, dest: str, *, mode: int, owner: str | None, key: str) -> Uploaded:
+        """Keep dest's previous content (a hard link), then replace dest atomically; read back its sha256."""
+        backup, absent = backup_paths(dest, key)
+        with translate(WRITE_FAULTS, host=self.target.name, path=dest):
+            existed = _keep_previous(dest, backup, absent)
+            self._replace(data, dest, mode=mode, owner=owner)
+        digest = hashlib.sha256(self.read_file(dest, max_bytes=max(len(data), 1) * 2)).hexdigest()
+        return Uploaded(dest, len(data), digest, backup if existed else absent, existed)
+
+    def _replace(self, data: bytes, dest: str, *, mode: int, owner: str | None) -> None:
+        """Temp file in dest's directory, mode, owner, fsync, rename over dest, fsync the directory."""
+        directory = os.path.dirname(os.path.abspath(dest))
+        tmp = os.path.join(directory, f".{os.path.basename(dest)}.rollout-{uuid.uuid4().hex}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if owner:
+                    os.fchown(fd, *_owner_ids(owner))
+                # After chown, which may clear set-id bits; the umask must not change the mode.
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dest)
+        except BaseException as exc:
+            # Whatever stopped us (an error, an interrupt) came before the rename: dest is
+            # untouched, and the temporary file must not be left beside it.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, KeyError):
+                raise ExecutorError(
+                    f"cannot chown {dest} to {owner}: no such user or group", host=self.target.name
+                ) from None
+            raise
+        _fsync_dir(directory)
+
+    def restore_upload(self, dest: str, key: str) -> str:
+        """Rename the kept copy back over dest (or remove dest if it did not exist); idempotent."""
+        backup, absent = backup_paths(dest, key)
+        with translate(WRITE_FAULTS, host=self.target.name, path=dest):
+            if os.path.lexists(backup):
+                os.replace(backup, dest)  # the old inode itself: content, mode and owner as they were
+                _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+                return f"restored the previous {dest}"
+            if os.path.lexists(absent):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dest)
+                os.unlink(absent)
+                return f"removed {dest} (it did not exist before)"
+        return f"{dest} was not changed: nothing to restore"
 
     def cancel(self) -> None:
         """Kill every in-flight command's process group (SIGTERM, grace, SIGKILL)."""

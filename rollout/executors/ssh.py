@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shlex
 import socket
 import threading
 import time
@@ -30,6 +31,8 @@ from rollout.executors.base import (
     CommandResult,
     OnStart,
     Target,
+    Uploaded,
+    backup_paths,
     validate_env,
 )
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
@@ -251,6 +254,36 @@ class SshExecutor:
                     with contextlib.suppress(OSError, *_SFTP_ERRORS):
                         sftp.remove(tmp)
                     raise
+        finally:
+            sftp.close()
+
+    def upload(self, data: bytes, dest: str, *, mode: int, owner: str | None, key: str) -> Uploaded:
+        """Keep dest's previous content beside it, replace dest atomically over SFTP, read back its sha256."""
+        from rollout.executors import ssh_upload
+
+        sftp = self._sftp()
+        try:
+            with translate(_SFTP_WRITE_FAULTS, host=self.target.name, path=dest):
+                existed = ssh_upload.keep_previous(sftp, dest, key)
+                digest = ssh_upload.replace(sftp, data, dest, mode, owner, self._chown)
+        finally:
+            sftp.close()
+        backup, absent = backup_paths(dest, key)
+        return Uploaded(dest, len(data), digest, backup if existed else absent, existed)
+
+    def _chown(self, owner: str, path: str) -> None:
+        result = self.run(f"chown {shlex.quote(owner)} {shlex.quote(path)}", timeout=self.target.connect_timeout + 10)
+        if not result.ok:
+            raise ExecutorError(f"cannot chown {path} to {owner}: {result.tail('stderr', 3)}", host=self.target.name)
+
+    def restore_upload(self, dest: str, key: str) -> str:
+        """Put the kept copy back over dest (or remove dest if it did not exist); idempotent."""
+        from rollout.executors import ssh_upload
+
+        sftp = self._sftp()
+        try:
+            with translate(_SFTP_WRITE_FAULTS, host=self.target.name, path=dest):
+                return ssh_upload.restore(sftp, dest, key)
         finally:
             sftp.close()
 

@@ -37,9 +37,10 @@ from rollout.model.checks import (
 )
 from rollout.model.hosts import Environment, Host, ParityFact, SshOptions
 from rollout.model.plan import FileSink, FreezeWindow, Notify, Plan, WebhookSink
-from rollout.model.steps import DEFAULT_CONCURRENCY, Step, Strategy
+from rollout.model.steps import AUTOMATIC_ROLLBACK, DEFAULT_CONCURRENCY, Step, Strategy, Upload
 
 __all__ = [
+    "AUTOMATIC_ROLLBACK",
     "CHECK_KINDS",
     "DEFAULT_CONCURRENCY",
     "NAME_PATTERN",
@@ -70,6 +71,7 @@ __all__ = [
     "Step",
     "Strategy",
     "TcpCheck",
+    "Upload",
     "VarValue",
     "Vars",
     "WaveSize",
