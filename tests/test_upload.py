@@ -215,8 +215,8 @@ def test_rollout_plan_shows_the_upload(tmp_path: Path, capsys: pytest.CaptureFix
     plan = _plan(
         tmp_path,
         _connection("local", None),
-        f"""  - name: config
-    upload: {{ src: app.conf, dest: /etc/app/app.conf, mode: "0600", owner: "root:root", template: true }}""",
+        """  - name: config
+    upload: { src: app.conf, dest: /etc/app/app.conf, mode: "0600", owner: "root:root", template: true }""",
     )
     assert run_cli(["plan", str(plan), "--env", "lab"]) == 0
     out = capsys.readouterr().out
