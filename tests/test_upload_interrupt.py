@@ -8,6 +8,7 @@ was before the run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import stat
@@ -19,10 +20,13 @@ from typing import Any
 
 import pytest
 
+from rollout.engine.uploads import upload_step
 from rollout.errors import ExecutorError
 from rollout.executors import Executor, Target, open_executor
 from rollout.executors.base import backup_paths
+from rollout.executors.local import LocalExecutor
 from rollout.executors.ssh import SshExecutor
+from rollout.model import Step
 from tests.conftest_sshd import SshdServer
 from tests.helpers import cli_env, events, rollout, run_args, run_id_of, write_plan
 
@@ -182,3 +186,20 @@ def test_recover_after_the_orchestrator_died_in_an_upload_leaves_the_old_file(tm
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     kinds = [e["kind"] for e in events(state)]
     assert "rollback.result" in kinds
+
+
+class _Corrupts(LocalExecutor):
+    """Writes one byte more than it was given: what a broken disk or a tampering target would do."""
+
+    def _replace(self, data: bytes, dest: str, *, mode: int, owner: str | None) -> None:
+        super()._replace(data + b"!", dest, mode=mode, owner=owner)
+
+
+def test_a_sha256_read_back_that_differs_fails_the_step(tmp_path: Path) -> None:
+    (tmp_path / "src.conf").write_bytes(NEW)
+    dest = _old_file(tmp_path)
+    step = Step.model_validate({"name": "config", "upload": {"src": "src.conf", "dest": str(dest)}})
+    result, facts = upload_step(_Corrupts(Target(name="local-1")), step, plan_dir=tmp_path, variables={}, key="run-5")
+    assert not result.ok
+    assert f"{dest} on local-1 has sha256" in result.stderr
+    assert facts["sha256"] == hashlib.sha256(NEW).hexdigest()
