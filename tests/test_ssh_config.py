@@ -224,3 +224,27 @@ def test_an_alias_whose_known_hosts_lacks_the_key_is_refused(
     assert "is not in" in result.out + result.err
     assert empty_known_hosts in result.out + result.err
     assert not (tmp_path / "lab-1.done").exists()
+
+
+# --- rollout plan shows where each ssh host really connects ------------------------------
+
+
+def test_plan_shows_the_resolved_user_hostname_port_key_and_known_hosts(
+    tmp_path: Path, sshd: SshdServer, cli: Cli
+) -> None:
+    config = _alias_config(tmp_path, sshd, sshd.known_hosts)
+    plan = _plan(tmp_path, "      lab-1:\n      lab-2: { port: 2200, user: ops }\n", ssh=f"config: {config}")
+
+    text = cli("plan", str(plan), "--env", "lab")
+    data = cli("plan", str(plan), "--env", "lab", "--json")
+
+    assert text.code == 0, text.out + text.err
+    assert (
+        f"lab-1 [ssh {sshd.user}@{sshd.host}:{sshd.port}, key {sshd.identity_file} only, "
+        f"known_hosts {sshd.known_hosts}]" in text.out
+    )
+    assert f"lab-2 [ssh ops@{sshd.host}:2200, key {sshd.identity_file} only" in text.out
+    target = data.json()["hosts"]["lab-1"]["target"]
+    assert (target["address"], target["port"], target["login"]) == (sshd.host, sshd.port, sshd.user)
+    assert (target["identity_files"], target["known_hosts"]) == ([sshd.identity_file], sshd.known_hosts)
+    assert (target["connect_timeout"], target["server_alive_interval"]) == (5.0, 5.0)

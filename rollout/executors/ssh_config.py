@@ -156,13 +156,3 @@ def resolve_target(
         identities_only=str(_first(options.get("identitiesonly")) or "no").lower() == "yes",
         server_alive_interval=_seconds(entry, "serveraliveinterval") or 0.0,
     )
-
-
-def describe_target(target: Target, default_user: str) -> str:
-    """Where a target really connects, as `user@hostname:port key K known_hosts F`."""
-    user = target.user or default_user
-    keys = ", ".join(target.identity_files) if target.identity_files else "agent or ~/.ssh defaults"
-    if target.identities_only:
-        keys += " (IdentitiesOnly)"
-    known = target.known_hosts or os.path.expanduser(DEFAULT_KNOWN_HOSTS)
-    return f"{user}@{target.endpoint} key {keys} known_hosts {known}"
