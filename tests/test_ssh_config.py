@@ -248,3 +248,15 @@ def test_plan_shows_the_resolved_user_hostname_port_key_and_known_hosts(
     assert (target["address"], target["port"], target["login"]) == (sshd.host, sshd.port, sshd.user)
     assert (target["identity_files"], target["known_hosts"]) == ([sshd.identity_file], sshd.known_hosts)
     assert (target["connect_timeout"], target["server_alive_interval"]) == (5.0, 5.0)
+
+
+def test_an_unparsable_ssh_config_is_located_at_the_config_option(tmp_path: Path, cli: Cli) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text('Host "web\n  HostName 127.0.0.1\n')
+    plan = _plan(tmp_path, "      web:\n", ssh=f"config: {config}")
+
+    result = cli("validate", str(plan))
+
+    assert result.code == 2
+    assert f"cannot parse ssh config {config}" in result.out
+    assert "environments.lab.ssh.config" in result.out

@@ -52,9 +52,14 @@ class SshConfig:
         """What this config says about `alias`."""
         if self.path is None:
             return HostEntry(config_path=None, matched=False)
-        parsed = paramiko.SSHConfig.from_text(self.text)
-        options: dict[str, str | list[str]] = dict(parsed.lookup(alias))
-        return HostEntry(config_path=self.path, matched=alias_matched(self.text, alias), options=options)
+        try:
+            parsed = paramiko.SSHConfig.from_text(self.text)
+            options: dict[str, str | list[str]] = dict(parsed.lookup(alias))
+            matched = alias_matched(self.text, alias)
+        except (paramiko.SSHException, ValueError) as exc:
+            # ConfigParseError, or shlex's unbalanced quotes
+            raise SshConfigError(f"cannot parse ssh config {self.path}: {exc}") from exc
+        return HostEntry(config_path=self.path, matched=matched, options=options)
 
 
 def read_config(setting: str | None) -> SshConfig:
