@@ -260,3 +260,12 @@ def test_an_unparsable_ssh_config_is_located_at_the_config_option(tmp_path: Path
     assert result.code == 2
     assert f"cannot parse ssh config {config}" in result.out
     assert "environments.lab.ssh.config" in result.out
+
+
+def test_an_unreadable_ssh_config_is_located_at_the_config_option(tmp_path: Path, cli: Cli) -> None:
+    plan = _plan(tmp_path, "      web:\n", ssh=f"config: {tmp_path}")  # a directory
+
+    result = cli("validate", str(plan))
+
+    assert result.code == 2
+    assert f"cannot read ssh config {tmp_path}: Is a directory" in result.out

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from rollout.errors import ExecutorError
 from rollout.executors.base import Target
+from rollout.executors.faults import FaultTable, translate
 
 DEFAULT_CONFIG = "~/.ssh/config"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -28,8 +30,20 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 NO_CONFIG = "none"
 
 
-class SshConfigError(ValueError):
+class SshConfigError(ExecutorError):
     """The ssh config cannot be read, or a host cannot be placed with it."""
+
+
+#: Reading the config file (the environment's, not one host's: no host is named).
+READ_CONFIG_FAULTS: FaultTable = {
+    UnicodeDecodeError: (SshConfigError, "cannot read ssh config {path}: {exc}"),
+    OSError: (SshConfigError, "cannot read ssh config {path}: {detail}"),
+}
+#: Parsing it: paramiko's ConfigParseError, or unbalanced quotes on a Host line.
+PARSE_CONFIG_FAULTS: FaultTable = {
+    paramiko.SSHException: (SshConfigError, "cannot parse ssh config {path}: {exc}"),
+    ValueError: (SshConfigError, "cannot parse ssh config {path}: {exc}"),
+}
 
 
 @dataclass(frozen=True)
@@ -52,13 +66,10 @@ class SshConfig:
         """What this config says about `alias`."""
         if self.path is None:
             return HostEntry(config_path=None, matched=False)
-        try:
+        with translate(PARSE_CONFIG_FAULTS, host="", path=self.path):
             parsed = paramiko.SSHConfig.from_text(self.text)
             options: dict[str, str | list[str]] = dict(parsed.lookup(alias))
             matched = alias_matched(self.text, alias)
-        except (paramiko.SSHException, ValueError) as exc:
-            # ConfigParseError, or shlex's unbalanced quotes
-            raise SshConfigError(f"cannot parse ssh config {self.path}: {exc}") from exc
         return HostEntry(config_path=self.path, matched=matched, options=options)
 
 
@@ -67,15 +78,12 @@ def read_config(setting: str | None) -> SshConfig:
     if setting is not None and setting.strip().lower() == NO_CONFIG:
         return SshConfig(path=None)
     path = os.path.expanduser(setting or DEFAULT_CONFIG)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         if setting is None:
             return SshConfig(path=None)
-        raise SshConfigError(f"ssh config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SshConfigError(f"cannot read ssh config {path}: {exc}") from exc
+        raise SshConfigError(f"ssh config {path} does not exist")
+    with translate(READ_CONFIG_FAULTS, host="", path=path), open(path, encoding="utf-8") as handle:
+        text = handle.read()
     return SshConfig(path=path, text=text)
 
 
