@@ -16,8 +16,6 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import paramiko
-
 from rollout.errors import ExecutorError
 from rollout.executors.base import Target
 from rollout.executors.faults import FaultTable, translate
@@ -39,11 +37,16 @@ READ_CONFIG_FAULTS: FaultTable = {
     UnicodeDecodeError: (SshConfigError, "cannot read ssh config {path}: {exc}"),
     OSError: (SshConfigError, "cannot read ssh config {path}: {detail}"),
 }
-#: Parsing it: paramiko's ConfigParseError, or unbalanced quotes on a Host line.
-PARSE_CONFIG_FAULTS: FaultTable = {
-    paramiko.SSHException: (SshConfigError, "cannot parse ssh config {path}: {exc}"),
-    ValueError: (SshConfigError, "cannot parse ssh config {path}: {exc}"),
-}
+
+
+def _parse_faults() -> FaultTable:
+    """Parsing it: paramiko's ConfigParseError, or unbalanced quotes on a Host line."""
+    import paramiko
+
+    return {
+        paramiko.SSHException: (SshConfigError, "cannot parse ssh config {path}: {exc}"),
+        ValueError: (SshConfigError, "cannot parse ssh config {path}: {exc}"),
+    }
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,11 @@ class SshConfig:
         """What this config says about `alias`."""
         if self.path is None:
             return HostEntry(config_path=None, matched=False)
-        with translate(PARSE_CONFIG_FAULTS, host="", path=self.path):
+        # paramiko is loaded only when there is a config file to parse, so validating a
+        # plan on a machine without one stays lean.
+        import paramiko
+
+        with translate(_parse_faults(), host="", path=self.path):
             parsed = paramiko.SSHConfig.from_text(self.text)
             options: dict[str, str | list[str]] = dict(parsed.lookup(alias))
             matched = alias_matched(self.text, alias)
