@@ -173,11 +173,16 @@ def test_plan_json_is_the_schedule_as_data(cli: Cli) -> None:
     assert schedule["digest"] == cli("validate", str(GATEWAY), "--json").json()["plans"][0]["digest"]
 
 
-def test_plan_on_production_renders_ssh_targets(cli: Cli) -> None:
+def test_plan_on_production_renders_ssh_targets(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/config of whoever runs the tests
+
     result = cli("plan", str(GATEWAY), "--env", "production")
 
     assert result.code == 0
-    assert "gw-a1 [ssh deploy@gw-a1.prod.example:22]" in result.out
+    known_hosts = tmp_path / ".ssh" / "known_hosts"
+    assert (
+        f"gw-a1 [ssh deploy@gw-a1.prod.example:22, key agent or ~/.ssh keys, known_hosts {known_hosts}]" in result.out
+    )
 
 
 def test_plan_of_a_bad_plan_exits_2_with_the_location_on_stderr(cli: Cli, tmp_path: Path) -> None:

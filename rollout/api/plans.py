@@ -150,17 +150,36 @@ def schedule_as_dict(schedule: Schedule) -> dict[str, Any]:
     }
 
 
+def _target_as_dict(target: Any) -> dict[str, Any]:
+    """Where a host really is; for ssh, as resolved from the plan, the ssh config and defaults."""
+    out: dict[str, Any] = {
+        "connection": target.connection,
+        "address": target.address,
+        "port": target.port,
+        "user": target.user,
+    }
+    if target.connection == "ssh":
+        import getpass
+        import os
+
+        # the same defaults paramiko applies when connecting
+        out.update(
+            login=target.user or getpass.getuser(),
+            identity_files=list(target.identity_files),
+            identities_only=target.identities_only,
+            known_hosts=target.known_hosts or os.path.expanduser("~/.ssh/known_hosts"),
+            connect_timeout=target.connect_timeout,
+            server_alive_interval=target.server_alive_interval,
+        )
+    return out
+
+
 def _host_as_dict(h: Any) -> dict[str, Any]:
     """One host of the schedule: where it is, and its pre-checks, guards and steps."""
     from rollout.units import format_duration
 
     return {
-        "target": {
-            "connection": h.target.connection,
-            "address": h.target.address,
-            "port": h.target.port,
-            "user": h.target.user,
-        },
+        "target": _target_as_dict(h.target),
         "prechecks": [{"name": c.label, "check": describe_check(c)} for c in h.prechecks],
         "guards": [
             {

@@ -187,13 +187,7 @@ def plan_command(
         lines.append(f"wave {wave['wave']} ({wave['size']}): {', '.join(wave['hosts'])}")
         for host in wave["hosts"]:
             h = data["hosts"][host]
-            t = h["target"]
-            where = (
-                "local"
-                if t["connection"] == "local"
-                else f"ssh {t['user'] + '@' if t['user'] else ''}{t['address']}:{t['port']}"
-            )
-            lines.append(f"  {host} [{where}]")
+            lines.append(f"  {host} [{_where(h['target'])}]")
             for i, step in enumerate(h["steps"], 1):
                 lines.append(
                     f"    {i}. {step['name']} (timeout {step['timeout']}{', retries ' + str(step['retries']) if step['retries'] else ''})"
@@ -217,6 +211,17 @@ def plan_command(
     if not prechecks:
         raise typer.Exit(0)
     raise typer.Exit(_run_prechecks(plan, env, parse_vars(var)))
+
+
+def _where(t: dict[str, Any]) -> str:
+    """Where a host really connects: `ssh user@hostname:port, key ..., known_hosts ...`."""
+    if t["connection"] == "local":
+        return "local"
+    address = f"[{t['address']}]" if ":" in t["address"] else t["address"]
+    keys = ", ".join(t["identity_files"]) or "agent or ~/.ssh keys"
+    if t["identities_only"] and t["identity_files"]:
+        keys += " only"
+    return f"ssh {t['login']}@{address}:{t['port']}, key {keys}, known_hosts {t['known_hosts']}"
 
 
 def _pin_and_lock(schedule: Schedule, overrides: dict[str, str], out: Path | None) -> str:

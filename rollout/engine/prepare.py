@@ -91,16 +91,29 @@ def _target(loaded: LoadedPlan, env_name: str, host_name: str, variables: Variab
     def expand(path: str | None) -> str | None:
         return os.path.expanduser(path) if path else None
 
-    return Target(
-        name=host_name,
-        connection=env.connection,
-        address=host.address,
-        port=host.port or ssh.port,
-        user=host.user or ssh.user,
-        identity_file=expand(ssh.identity_file),
-        known_hosts=expand(ssh.known_hosts),
-        connect_timeout=ssh.connect_timeout,
-    )
+    if env.connection == "local":
+        # A local host runs on this machine, whatever its name.
+        return Target(name=host_name, connection="local", address=host.address or "127.0.0.1")
+    # Imported here so that plans without ssh hosts never load paramiko.
+    from rollout.executors.ssh_config import SshConfigError, read_config, resolve_target
+
+    try:
+        entry = read_config(ssh.config).entry(host_name)
+    except SshConfigError as exc:
+        raise loaded.error((*base, "ssh", "config"), str(exc)) from None
+    try:
+        return resolve_target(
+            host_name,
+            entry,
+            address=host.address,
+            port=host.port or ssh.port,
+            user=host.user or ssh.user,
+            identity_file=expand(ssh.identity_file),
+            known_hosts=expand(ssh.known_hosts),
+            connect_timeout=ssh.connect_timeout,
+        )
+    except SshConfigError as exc:
+        raise loaded.error((*base, "hosts", host_name), str(exc)) from None
 
 
 def compute_waves(

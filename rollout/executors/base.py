@@ -38,6 +38,11 @@ class Target:
     # None means ~/.ssh/known_hosts. Unknown or changed host keys are refused, never added.
     known_hosts: str | None = None
     connect_timeout: float = 10.0
+    # Resolved from the OpenSSH client config (see ssh_config.resolve_target).
+    identities_only: bool = False
+    server_alive_interval: float = 0.0
+    #: every key to offer, in order (identity_file first when set); empty means agent and ~/.ssh defaults
+    identity_files: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:

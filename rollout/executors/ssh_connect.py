@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import cast
 
 import paramiko
 
@@ -83,6 +84,11 @@ def connect(target: Target, known_hosts: str) -> tuple[paramiko.SSHClient, socke
     return client, sock
 
 
+def _offered_keys(target: Target) -> list[str]:
+    """The key files to offer, in order; empty means the agent and ~/.ssh defaults."""
+    return list(target.identity_files) or ([target.identity_file] if target.identity_file else [])
+
+
 def _handshake(target: Target, known_hosts: str, sock: socket.socket) -> paramiko.SSHClient:
     """Key exchange, host-key check and authentication on an open socket."""
     if target.known_hosts is not None and not os.path.isfile(known_hosts):
@@ -97,20 +103,23 @@ def _handshake(target: Target, known_hosts: str, sock: socket.socket) -> paramik
         timeout=target.connect_timeout,
         known_hosts=known_hosts,
         user=target.user or "the current user",
-        identity=target.identity_file or "agent or ~/.ssh defaults",
+        identity=", ".join(_offered_keys(target)) or "agent or ~/.ssh defaults",
     ):
         try:
             if os.path.isfile(known_hosts):
                 # "System" host keys are only read, never written back.
                 client.load_system_host_keys(known_hosts)
             client.set_missing_host_key_policy(_RefuseUnknownHost())
+            keys = _offered_keys(target)
             client.connect(
                 hostname=target.address,
                 port=target.port,
                 username=target.user,
-                key_filename=target.identity_file,
-                allow_agent=True,
-                look_for_keys=target.identity_file is None,
+                # paramiko documents and accepts a list of files; its type stubs say only str.
+                key_filename=cast("str | None", keys or None),
+                # IdentitiesOnly: offer only the configured keys, as OpenSSH does.
+                allow_agent=not (target.identities_only and keys),
+                look_for_keys=not keys,
                 timeout=target.connect_timeout,
                 banner_timeout=target.connect_timeout,
                 auth_timeout=target.connect_timeout,
@@ -120,4 +129,7 @@ def _handshake(target: Target, known_hosts: str, sock: socket.socket) -> paramik
         except BaseException:
             client.close()
             raise
+    transport = client.get_transport()
+    if target.server_alive_interval > 0 and transport is not None:
+        transport.set_keepalive(max(1, int(target.server_alive_interval)))
     return client

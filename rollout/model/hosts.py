@@ -14,19 +14,30 @@ from rollout.model.checks import DocumentSource
 
 
 class SshOptions(Model):
-    """How to reach ssh hosts; host keys are always checked against known_hosts."""
+    """How to reach ssh hosts; host keys are always checked against known_hosts.
+
+    Values left out here come from the OpenSSH client config (`config`), then from
+    OpenSSH's defaults (port 22, the current user, ~/.ssh/known_hosts, 10 s to connect).
+    """
 
     user: str | None = None
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     identity_file: str | None = None
     known_hosts: str | None = None
-    connect_timeout: ProbeDuration = 10.0
+    connect_timeout: ProbeDuration | None = None
+    config: str | None = Field(
+        default=None,
+        description="OpenSSH client config to read Host entries from (default ~/.ssh/config); 'none' reads none",
+    )
 
 
 class Host(Model):
     """One target host."""
 
-    address: str = "127.0.0.1"
+    address: str | None = Field(
+        default=None,
+        description="where to connect; without it, an ssh host's name must be a Host alias in the ssh config",
+    )
     port: int | None = Field(default=None, ge=1, le=65535, description="ssh port (overrides ssh.port)")
     user: str | None = None
     vars: Vars = Field(default_factory=dict)

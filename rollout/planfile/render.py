@@ -106,7 +106,9 @@ def host_variables(
         "plan_dir": str(loaded.path.parent.resolve()),
     }
     if host_name is not None and host is not None:
-        builtins.update(host=host_name, address=host.address)
+        # Without an address, a local host is this machine and an ssh host is reached by its alias.
+        fallback = "127.0.0.1" if env.connection == "local" else host_name
+        builtins.update(host=host_name, address=host.address or fallback)
     for name in builtins:
         if name in raw and origin[name]:
             raise loaded.error(origin[name], f"'{name}' is a built-in variable and cannot be redefined")
