@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,15 +18,21 @@ HEAVY = ("paramiko", "httpx", "jsonschema")
 
 
 def _imported_modules(*args: str) -> set[str]:
-    """Top-level packages a real `python -m rollout ARGS` process imports."""
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "rollout", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
-    )
+    """Top-level packages a real `python -m rollout ARGS` process imports.
+
+    HOME is an empty directory: with a ~/.ssh/config to parse, validating a plan with ssh
+    hosts rightly loads paramiko (its SSHConfig places the hosts); without one it must not.
+    """
+    with tempfile.TemporaryDirectory() as home:
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "rollout", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "HOME": home},
+            check=False,
+        )
     assert done.returncode == 0, done.stdout + done.stderr
     names = set()
     for line in done.stderr.splitlines():
