@@ -213,8 +213,20 @@ class SshExecutor:
 
     def _sftp(self) -> paramiko.SFTPClient:
         transport = self._transport()
-        with translate(_SFTP_START_FAULTS, host=self.target.name, endpoint=self.target.endpoint):
-            sftp = paramiko.SFTPClient.from_transport(transport)
+        try:
+            with translate(_SFTP_START_FAULTS, host=self.target.name, endpoint=self.target.endpoint):
+                sftp = paramiko.SFTPClient.from_transport(transport)
+        except ExecutorError as exc:
+            if not isinstance(exc.__cause__, EOFError | OSError):
+                raise
+            # The connection dropped and its reader has not noticed yet (is_active() still said
+            # yes): an EOF here means the transport is dead, so start over on a new connection.
+            with self._connect_lock:
+                if self._client is not None and self._client.get_transport() is transport:
+                    self._disconnect()
+            transport = self._transport()
+            with translate(_SFTP_START_FAULTS, host=self.target.name, endpoint=self.target.endpoint):
+                sftp = paramiko.SFTPClient.from_transport(transport)
         if sftp is None:
             raise ExecutorError(f"cannot start SFTP on {self.target.endpoint}", host=self.target.name)
         return sftp
@@ -230,7 +242,7 @@ class SshExecutor:
                 handle.prefetch(size)
                 data = handle.read(max_bytes + 1)
         finally:
-            sftp.close()
+            _close_sftp(sftp)
         if len(data) > max_bytes:
             raise ExecutorError(f"{path} is larger than {max_bytes} bytes", host=self.target.name)
         return data
@@ -255,7 +267,7 @@ class SshExecutor:
                         sftp.remove(tmp)
                     raise
         finally:
-            sftp.close()
+            _close_sftp(sftp)
 
     def upload(self, data: bytes, dest: str, *, mode: int, owner: str | None, key: str) -> Uploaded:
         """Keep dest's previous content beside it, replace dest atomically over SFTP, read back its sha256."""
@@ -267,7 +279,7 @@ class SshExecutor:
                 existed = ssh_upload.keep_previous(sftp, dest, key)
                 digest = ssh_upload.replace(sftp, data, dest, mode, owner, self._chown)
         finally:
-            sftp.close()
+            _close_sftp(sftp)
         backup, absent = backup_paths(dest, key)
         return Uploaded(dest, len(data), digest, backup if existed else absent, existed)
 
@@ -285,10 +297,16 @@ class SshExecutor:
             with translate(_SFTP_WRITE_FAULTS, host=self.target.name, path=dest):
                 return ssh_upload.restore(sftp, dest, key)
         finally:
-            sftp.close()
+            _close_sftp(sftp)
 
     def close(self) -> None:
         """Kill in-flight commands and drop the connection; idempotent."""
         self.cancel()
         with self._connect_lock:
             self._disconnect()
+
+
+def _close_sftp(sftp: paramiko.SFTPClient) -> None:
+    """Close an SFTP session; on a connection that just died this fails too, and must not hide why it died."""
+    with contextlib.suppress(OSError, *_SFTP_ERRORS):
+        sftp.close()
