@@ -129,13 +129,20 @@ class ProcessProber:
         errors = threading.Thread(target=self._keep_stderr, args=(proc.stderr,), daemon=True)
         errors.start()
         stats_seen = False
-        for line in proc.stdout:
-            message = json.loads(line)
-            if "stats" in message:
-                self._stats.merge(message["stats"])
-                stats_seen = True
-            else:
-                self._dispatch(message)
+        try:
+            for line in proc.stdout:
+                message = json.loads(line)
+                if "stats" in message:
+                    self._stats.merge(message["stats"])
+                    stats_seen = True
+                else:
+                    self._dispatch(message)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            # A line we cannot read (something else wrote to the child's stdout): a prober we
+            # cannot understand is not guarding. End it; the fallback below takes its slots over.
+            self._stderr += f"\nunreadable message from the prober: {exc!r}".encode()
+            proc.kill()
+            stats_seen = False
         errors.join(timeout=1.0)
         if not stats_seen:
             self._child_died(proc)
