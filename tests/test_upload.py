@@ -223,3 +223,57 @@ def test_rollout_plan_shows_the_upload(tmp_path: Path, capsys: pytest.CaptureFix
     assert "upload:   app.conf -> /etc/app/app.conf (mode 0600, owner root:root, rendered with the host's vars)" in out
     assert "rollback: restore the previous /etc/app/app.conf (or remove it if it did not exist)" in out
     assert os.path.exists(tmp_path / "app.conf")
+
+
+def test_the_upload_source_is_part_of_the_plan_digest_its_copy_and_verify(tmp_path: Path) -> None:
+    """Invariant: what a host receives is covered by the plan's digest, like an include.
+
+    Editing the source changes the digest (so a lock or a rehearsal of the old content no
+    longer matches), the run keeps the source in its plan copy, and `verify` checks it.
+    """
+    from rollout.api import load, verify
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "app.conf").write_bytes(NEW)
+    dest = tmp_path / "target" / "app.conf"
+    dest.parent.mkdir()
+    plan = _plan(
+        tmp_path,
+        _connection("local", None),
+        f"""  - name: config
+    upload: {{ src: files/app.conf, dest: {dest} }}""",
+    )
+    before = load(plan).digest
+    (tmp_path / "files" / "app.conf").write_bytes(NEW + b"# one more line\n")
+    assert load(plan).digest != before
+    (tmp_path / "files" / "app.conf").write_bytes(NEW)
+    assert load(plan).digest == before
+
+    state = tmp_path / "state"
+    assert _run(plan, state) == 0
+    run = next((state / "runs").iterdir())
+    copies = list((run / "plan").rglob("app.conf"))
+    assert [c.read_bytes() for c in copies] == [NEW]
+    assert verify(run.name, state_dir=state).ok
+    copies[0].write_bytes(b"edited after the run\n")
+    assert not verify(run.name, state_dir=state).ok
+
+
+def test_a_host_receives_the_source_as_loaded_not_as_edited_after(tmp_path: Path) -> None:
+    """Invariant: the bytes uploaded are the bytes whose sha256 the digest holds, even if the file changes mid-run."""
+    from rollout.api import prepare, run
+
+    (tmp_path / "app.conf").write_bytes(NEW)
+    dest = tmp_path / "target" / "app.conf"
+    dest.parent.mkdir()
+    plan = _plan(
+        tmp_path,
+        _connection("local", None),
+        f"""  - name: config
+    upload: {{ src: app.conf, dest: {dest} }}""",
+    )
+    prepared = prepare(plan, "lab")
+    (tmp_path / "app.conf").write_bytes(b"edited after the plan was prepared\n")
+    outcome = run(prepared, "lab", state_dir=tmp_path / "state", signals=False)
+    assert outcome.exit_status == 0
+    assert dest.read_bytes() == NEW

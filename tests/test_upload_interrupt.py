@@ -26,7 +26,7 @@ from rollout.executors import Executor, Target, open_executor
 from rollout.executors.base import backup_paths
 from rollout.executors.local import LocalExecutor
 from rollout.executors.ssh import SshExecutor
-from rollout.model import Step
+from rollout.planfile import load_plan
 from tests.conftest_sshd import SshdServer
 from tests.helpers import cli_env, events, rollout, run_args, run_id_of, write_plan
 
@@ -198,8 +198,14 @@ class _Corrupts(LocalExecutor):
 def test_a_sha256_read_back_that_differs_fails_the_step(tmp_path: Path) -> None:
     (tmp_path / "src.conf").write_bytes(NEW)
     dest = _old_file(tmp_path)
-    step = Step.model_validate({"name": "config", "upload": {"src": "src.conf", "dest": str(dest)}})
-    result, facts = upload_step(_Corrupts(Target(name="local-1")), step, plan_dir=tmp_path, variables={}, key="run-5")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: corrupt\nenvironments: { lab: { connection: local, hosts: { local-1: {} } } }\n"
+        f"steps:\n  - {{ name: config, upload: {{ src: src.conf, dest: {dest} }} }}\n"
+    )
+    loaded = load_plan(plan)
+    step = loaded.plan.steps[0]
+    result, facts = upload_step(_Corrupts(Target(name="local-1")), step, loaded=loaded, variables={}, key="run-5")
     assert not result.ok
     assert f"{dest} on local-1 has sha256" in result.stderr
     assert facts["sha256"] == hashlib.sha256(NEW).hexdigest()

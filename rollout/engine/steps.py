@@ -95,7 +95,7 @@ class StepsMixin(EngineCore):
                 result, facts = upload_step(
                     ex,
                     step,
-                    plan_dir=self.schedule.loaded.path.parent,
+                    loaded=self.schedule.loaded,
                     variables=host.variables.values,
                     key=upload_key(self.schedule.run_id, applied.index),
                 )

@@ -10,6 +10,7 @@ finds it again, and two uploads to one dest in one run each keep their own.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,10 +20,11 @@ from rollout.errors import ConnectError, ExecutorError
 from rollout.executors.base import CommandResult, Executor
 from rollout.model import Step
 from rollout.planfile import LoadedPlan
+from rollout.planfile.loading import MAX_UPLOAD_BYTES
 from rollout.template import TemplateProblem, render
 
 #: Largest file an upload step sends: bounded like read_file, it is held in memory.
-MAX_UPLOAD = 64 * 1024 * 1024
+MAX_UPLOAD = MAX_UPLOAD_BYTES
 
 
 def upload_key(run_id: str, index: int) -> str:
@@ -41,11 +43,17 @@ def source_path(plan_dir: Path, src: str) -> Path:
     return path
 
 
-def upload_content(step: Step, plan_dir: Path, variables: Mapping[str, Any]) -> bytes:
-    """The bytes this host receives: src as is, or rendered with its variables (strict undefined)."""
+def upload_content(step: Step, loaded: LoadedPlan, variables: Mapping[str, Any]) -> bytes:
+    """The bytes this host receives: src as is, or rendered with its variables (strict undefined).
+
+    The source is the one read when the plan was loaded (its sha256 is in the plan's digest),
+    so an edit to the file after `validate`, a lock or the start of the run never reaches a host.
+    """
     assert step.upload is not None
+    plan_dir = loaded.path.parent
     path = source_path(plan_dir, step.upload.src)
-    data = path.read_bytes()
+    kept = loaded.files.get(os.path.relpath(path, plan_dir))
+    data = kept if kept is not None else path.read_bytes()
     if len(data) > MAX_UPLOAD:
         raise ValueError(f"{path} is larger than {MAX_UPLOAD} bytes")
     if not step.upload.template:
@@ -65,7 +73,7 @@ def check_upload_sources(
         if step.upload is None:
             continue
         try:
-            upload_content(step, loaded.path.parent, variables)
+            upload_content(step, loaded, variables)
         except (OSError, ValueError, TemplateProblem) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise loaded.error(
@@ -75,7 +83,7 @@ def check_upload_sources(
 
 
 def upload_step(
-    ex: Executor, step: Step, *, plan_dir: Path, variables: Mapping[str, Any], key: str
+    ex: Executor, step: Step, *, loaded: LoadedPlan, variables: Mapping[str, Any], key: str
 ) -> tuple[CommandResult, dict[str, Any]]:
     """Upload the step's file and check the sha256 read back: the result, and the facts for the journal.
 
@@ -92,7 +100,7 @@ def upload_step(
         return CommandResult(host, step.command, 1, "", why, time.monotonic() - started), facts
 
     try:
-        data = upload_content(step, plan_dir, variables)
+        data = upload_content(step, loaded, variables)
     except (OSError, ValueError, TemplateProblem) as exc:
         return failed(f"cannot prepare {up.src}: {exc}")
     intended = hashlib.sha256(data).hexdigest()

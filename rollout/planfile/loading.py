@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 MAX_PLAN_BYTES = 1024 * 1024
 
+#: Largest file an upload step sends (it is held in memory, and hashed into the digest).
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
 # Keys an include file may contribute, and how: lists are prepended, mappings merged.
 _INCLUDE_LISTS = ("parity", "prechecks", "guards", "steps", "notify", "freeze")
 _INCLUDE_MAPS = ("vars", "environments")
@@ -169,6 +172,34 @@ class _Loader:
             return merged, merged_marks
         return data, marks
 
+    def add_upload_sources(self, data: dict[str, Any]) -> None:
+        """Hash every upload step's src into the digest and keep its bytes with the plan's files.
+
+        An upload's content is part of what the plan changes, so a lock, a run's plan copy and
+        `verify` must cover it like an include. A src that cannot be read here (missing, outside
+        the plan's directory, too large) is recorded as such and reported, at its line, when the
+        plan is validated for an environment; loading itself stays side-effect free and total.
+        """
+        steps = data.get("steps")
+        for step in steps if isinstance(steps, list) else ():
+            upload = step.get("upload") if isinstance(step, dict) else None
+            src = upload.get("src") if isinstance(upload, dict) else None
+            if not isinstance(src, str) or not src or Path(src).is_absolute() or ".." in Path(src).parts:
+                continue
+            path = self.root / src
+            rel = os.path.relpath(path, self.root)
+            if rel in self.files:
+                continue
+            try:
+                if not path.resolve().is_relative_to(self.root):
+                    continue
+                content = _read_regular_file(path, MAX_UPLOAD_BYTES)
+            except (OSError, PlanError) as exc:
+                self.documents.append((rel, {"upload": "unreadable", "why": type(exc).__name__}))
+                continue
+            self.files[rel] = content
+            self.documents.append((rel, {"upload_sha256": hashlib.sha256(content).hexdigest()}))
+
     def _resolve_include(
         self,
         entry: Any,
@@ -295,7 +326,8 @@ def plan_file_digest(path: str | Path) -> str:
     """
     path = Path(path)
     loader = _Loader(path.parent)
-    loader.load(path, str(path), (path.resolve(),))
+    data, _marks = loader.load(path, str(path), (path.resolve(),))
+    loader.add_upload_sources(data)
     return plan_digest(loader.documents)
 
 
@@ -311,6 +343,7 @@ def load_plan(path: str | Path) -> LoadedPlan:
     shown = str(path)
     loader = _Loader(path.parent)
     data, marks = loader.load(path, shown, (path.resolve(),))
+    loader.add_upload_sources(data)
     source = SourceMap(marks)
     try:
         plan = Plan.model_validate(data)
