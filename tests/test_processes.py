@@ -286,9 +286,12 @@ def test_a_dropped_ssh_connection_is_journaled_and_its_command_killed_before_the
         (step_result,) = [e for e in evts if e["kind"] == "step.result"]
         assert step_result["outcome"] == "connection_lost"
         assert step_result["data"]["connection_lost"] is True
+        assert step_result["data"]["in_doubt"] is True
         assert "lost" in step_result["data"]["stderr"]
         abort = next(e for e in evts if e["kind"] == "abort")
-        assert "lost its connection" in abort["data"]["cause"]["summary"]
+        assert (
+            "lost its connection mid-command (whether it took effect is in doubt)" in abort["data"]["cause"]["summary"]
+        )
         assert next(e for e in evts if e["kind"] == "rollback.result")["outcome"] == "ok"
         # The cut-off command may now complete: it is gone, so the host stays where it started.
         (tmp_path / GATE).touch()

@@ -88,7 +88,8 @@ class RunResult:
 def ended(result: CommandResult) -> str:
     """How a command that neither timed out nor was killed by us ended, for a summary."""
     if result.connection_lost:
-        return "lost its connection mid-command"
+        # The host may have run all of it, part of it or none: never read this as done.
+        return "lost its connection mid-command (whether it took effect is in doubt)"
     return f"exited {result.exit_code}"
 
 
@@ -119,4 +120,5 @@ def result_data(result: CommandResult) -> dict[str, Any]:
         data["cancelled"] = True
     if result.connection_lost:
         data["connection_lost"] = True
+        data["in_doubt"] = True
     return data
