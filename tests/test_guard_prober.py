@@ -196,3 +196,31 @@ def test_a_guard_round_trips_to_the_prober_unchanged() -> None:
         }
     )
     assert Guard.model_validate(guard.model_dump(mode="json")) == guard
+
+
+def test_a_prober_that_cannot_start_leaves_its_guards_guarding_in_process(
+    server: FleetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant: no process to spare (EMFILE, ENOMEM) never means an unguarded run."""
+    import rollout.engine.prober as prober_module
+
+    def no_process(*_args: object, **_kwargs: object) -> subprocess.Popen[bytes]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(prober_module.subprocess, "Popen", no_process)
+    sink, trips = Collect(), []
+    monitor, runner = _monitor(server, tmp_path, sink, trips)
+    monitor.start()
+    try:
+        lagging = sink.kinds(EventKind.GUARD_LAGGING)
+        assert {e.host for e in lagging} == {"h1", "h2", "h3"}, lagging
+        assert all("cannot start the prober process (Too many open files)" in e.data["reason"] for e in lagging)
+        assert monitor.wait_all_green(20)
+        server.hanging.add("h3")
+        deadline = time.monotonic() + 20
+        while not trips and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        monitor.stop()
+        runner.close()
+    assert trips == ["h3"], trips

@@ -72,14 +72,23 @@ class ProcessProber:
         self._stderr = b""
 
     def start(self) -> None:
-        """Start the child and send it the slots; its first probes fall due within one `every`."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rollout.engine.prober"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": _import_path()},
-        )
+        """Start the child and send it the slots; its first probes fall due within one `every`.
+
+        A child that cannot be started (no memory, no file descriptors, no interpreter) is
+        not a reason to run unguarded: the slots are probed in-process, and journaled as lagging.
+        """
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rollout.engine.prober"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": _import_path()},
+            )
+        except OSError as exc:
+            with self._delivery:
+                self._probe_in_process(f"cannot start the prober process ({exc.strerror or exc}); probing in-process")
+            return
         self._proc = proc
         assert proc.stdin is not None
         assert proc.stdout is not None
@@ -170,13 +179,18 @@ class ProcessProber:
             if self._stopping:
                 return
             lines = self._stderr.decode(errors="replace").strip().splitlines()
-            why = f"prober process exited ({code}){': ' + lines[-1] if lines else ''}; probing in-process"
-            for slot in self._slots:
-                self._report_lag(slot, 0.001, why)
-            self._fallback = ProbeScheduler(
-                self._slots, self._runner, self._executors, self._stats, self._deliver, self._report_lag
+            self._probe_in_process(
+                f"prober process exited ({code}){': ' + lines[-1] if lines else ''}; probing in-process"
             )
-            self._fallback.start()
+
+    def _probe_in_process(self, why: str) -> None:
+        """Say why for every slot, then guard them from this process (called holding `_delivery`)."""
+        for slot in self._slots:
+            self._report_lag(slot, 0.001, why)
+        self._fallback = ProbeScheduler(
+            self._slots, self._runner, self._executors, self._stats, self._deliver, self._report_lag
+        )
+        self._fallback.start()
 
 
 def _import_path() -> str:
