@@ -88,15 +88,17 @@ class ProbeStats:
             self.max_start_delay = max(self.max_start_delay, delay)
             self.histogram[min(int(delay * 1000), HISTOGRAM_MS)] += 1
 
+    #: The plain counters, added up by `merge`.
+    COUNTERS = ("probes", "due", "skipped", "started_late", "inconclusive")
+
+    def _counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.COUNTERS}
+
     def counts(self) -> dict[str, Any]:
         """Everything counted, in JSON (the histogram sparse), for `merge` in another process."""
         with self.lock:
             return {
-                "probes": self.probes,
-                "due": self.due,
-                "skipped": self.skipped,
-                "started_late": self.started_late,
-                "inconclusive": self.inconclusive,
+                **self._counters(),
                 "max_start_delay": self.max_start_delay,
                 "histogram": {ms: n for ms, n in enumerate(self.histogram) if n},
             }
@@ -104,7 +106,7 @@ class ProbeStats:
     def merge(self, counts: Mapping[str, Any]) -> None:
         """Add the counts of another scheduler (`counts()`, perhaps from another process)."""
         with self.lock:
-            for name in ("probes", "due", "skipped", "started_late", "inconclusive"):
+            for name in self.COUNTERS:
                 setattr(self, name, getattr(self, name) + int(counts[name]))
             self.max_start_delay = max(self.max_start_delay, float(counts["max_start_delay"]))
             for ms, n in counts["histogram"].items():
@@ -114,13 +116,9 @@ class ProbeStats:
         """The numbers journaled when guards stop for good (delays in whole milliseconds)."""
         with self.lock:
             return {
-                "probes": self.probes,
-                "due": self.due,
-                "skipped": self.skipped,
-                "started_late": self.started_late,
+                **self._counters(),
                 "max_start_delay_ms": round(self.max_start_delay * 1000),
                 "p99_start_delay_ms": _percentile(self.histogram, self.probes, 0.99),
-                "inconclusive": self.inconclusive,
             }
 
 
