@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
+from rollout.atomic import write_all
 from rollout.errors import ExecutorError
 from rollout.executors.base import (
     DEFAULT_OUTPUT_CAP,
@@ -284,33 +285,8 @@ class LocalExecutor:
 
     def put_file(self, data: bytes, path: str, *, mode: int = 0o644) -> None:
         """Replace a local file atomically: temp file, fsync, rename, fsync the directory."""
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = os.path.join(
-            directory,
-            f".{os.path.basename(path)}.rollout-{os.getpid()}-{threading.get_ident()}.tmp",
-        )
         with translate(WRITE_FAULTS, host=self.target.name, path=path):
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    # Explicit chmod: the umask must not weaken or change the requested mode.
-                    os.fchmod(fd, mode)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-                dir_fd = os.open(directory, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            self._replace(data, path, mode=mode, owner=None)
 
     def upload(self, data: bytes, dest: str, *, mode: int, owner: str | None, key: str) -> Uploaded:
         """Keep dest's previous content (a hard link), then replace dest atomically; read back its sha256."""
@@ -328,9 +304,7 @@ class LocalExecutor:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)  # loops on short writes; a full disk is ENOSPC, not a hang
                 if owner:
                     os.fchown(fd, *_owner_ids(owner))
                 # After chown, which may clear set-id bits; the umask must not change the mode.
