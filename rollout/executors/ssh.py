@@ -15,7 +15,6 @@ import contextlib
 import os
 import posixpath
 import shlex
-import socket
 import threading
 import time
 import uuid
@@ -37,7 +36,7 @@ from rollout.executors.base import (
 )
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
 from rollout.executors.runner import run_process
-from rollout.executors.ssh_connect import connect
+from rollout.executors.ssh_connect import Route, connect
 from rollout.executors.ssh_process import RemoteProcess, kill_runs, kill_script, wrap
 
 _SFTP_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError)
@@ -64,7 +63,8 @@ class SshExecutor:
         self.output_cap = output_cap
         self._connect_lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
-        self._sock: socket.socket | None = None
+        # Everything the connection runs over: a socket, or jump hosts, or a proxy process.
+        self._sock: Route | None = None
         self._lock = threading.Lock()
         self._in_flight: set[RemoteProcess] = set()
         # Process groups of commands whose connection dropped: they may still run, and
