@@ -8,7 +8,9 @@ the same plan then fails, naming the jump host.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -30,7 +32,7 @@ from rollout.executors.ssh_config import (
     parse_hop,
     resolve_target,
 )
-from rollout.executors.ssh_connect import open_stream
+from rollout.executors.ssh_connect import ProxyProcess, open_stream
 from tests.conftest_sshd import SSHD, SshdServer, free_port, start_sshd, stop_sshd
 from tests.helpers import Cli, kill_pidfile, pid_alive, wait_for_file
 
@@ -245,16 +247,51 @@ def test_closing_the_executor_closes_the_jump_host_connections(servers: dict[str
     executor.close()  # twice is fine
 
 
-def test_a_command_cut_off_behind_a_jump_is_killed_on_reconnect(
-    servers: dict[str, SshdServer], tmp_path: Path
-) -> None:
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (an sshd's per-connection sessions)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_when_the_connection_drops_its_jump_host_connection_is_closed(servers: dict[str, SshdServer]) -> None:
+    executor = SshExecutor(_inner_through_jump(servers))
+    try:
+        assert executor.run("true").ok
+        route, client = executor._sock, executor._client
+        assert route is not None
+        assert client is not None
+        jump_transport = route.jump_clients[0].get_transport()
+        final = client.get_transport()
+        assert jump_transport is not None
+        assert final is not None
+
+        # The host drops the connection (its sshd session dies); the bastion's session is still up.
+        for pid in _children(servers["inner"].process.pid):
+            os.kill(pid, signal.SIGKILL)
+        final.join(10)
+        assert not final.is_active()
+
+        jump_transport.join(10)
+        assert not jump_transport.is_active()
+        assert executor.run("echo again").stdout == "again\n"  # through the jump host again
+    finally:
+        executor.close()
+
+
+def test_a_command_cut_off_behind_a_jump_is_killed_on_reconnect(servers: dict[str, SshdServer], tmp_path: Path) -> None:
     executor = SshExecutor(_inner_through_jump(servers))
     pidfile = tmp_path / "sleep.pid"
     outcome: list[bool] = []
     runner = threading.Thread(
         target=lambda: outcome.append(
-            executor.run(f"sleep 60 & echo $! > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; wait", timeout=30)
-            .connection_lost
+            executor.run(
+                f"sleep 60 & echo $! > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; wait", timeout=30
+            ).connection_lost
         )
     )
     runner.start()
@@ -347,7 +384,7 @@ def test_a_proxy_command_that_fails_is_reported_with_its_stderr(
     assert code == 3, out
     flat = " ".join(out.split())
     # Whether paramiko first sees the closed pipe or the end of output, the command and its words are named.
-    assert "(through proxy command `sh -c \"echo no route >&2\"`, which said: no route)" in flat
+    assert '(through proxy command `sh -c "echo no route >&2"`, which said: no route)' in flat
     assert not (tmp_path / "first.done").exists()
 
 
@@ -362,6 +399,30 @@ def test_closing_the_executor_ends_the_proxy_process(servers: dict[str, SshdServ
     executor.close()
 
     assert _proxies(f"rollout-relay-{tmp_path.name}") == []
+
+
+def test_when_the_connection_drops_the_proxy_process_ends(servers: dict[str, SshdServer], tmp_path: Path) -> None:
+    marker = f"rollout-relay-{tmp_path.name}"
+    target = servers["inner"].target("inner")
+    relay = f"{subprocess.list2cmdline(['python3', '-c', _RELAY])} %h %p {marker}"
+    executor = SshExecutor(replace(target, proxy_command=expand_tokens(relay, target)))
+    try:
+        assert executor.run("true").ok
+        client = executor._client
+        assert client is not None
+        final = client.get_transport()
+        assert final is not None
+        route = executor._sock
+        assert route is not None
+        stream = route.stream
+        assert isinstance(stream, ProxyProcess)
+
+        final.close()
+
+        stream.process.wait(timeout=10)
+        assert _proxies(marker) == []
+    finally:
+        executor.close()
 
 
 #: A minimal ProxyCommand: relay stdin/stdout to host:port.

@@ -131,7 +131,10 @@ class SshExecutor:
 
     def _disconnect(self) -> None:
         if self._client is not None:
-            self._client.close()
+            # Through a jump host whose session is gone, closing the channel under the client
+            # fails too; the route below is closed all the same.
+            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+                self._client.close()
         if self._sock is not None:
             self._sock.close()
         self._client = None

@@ -194,7 +194,8 @@ def open_stream(target: Target) -> tuple[Stream, Callable[[], None]]:
     """A byte stream to `target`'s sshd (through its jump hosts or proxy command, each verified), and its closer.
 
     Nothing is authenticated to `target` itself: hand the stream to paramiko.Transport.
-    Jump hosts are checked against their own known_hosts (`hop.known_hosts`, else ~/.ssh/known_hosts).
+    Each jump host is checked against `known_hosts_of(hop)`; `target.jumps[k]` is itself a
+    Target whose own `jumps` are the hops before it, so its key can be fetched the same way.
     """
     route = open_route(target)
     assert route.stream is not None
@@ -231,7 +232,21 @@ def connect(target: Target, known_hosts: str) -> tuple[paramiko.SSHClient, Route
     except BaseException:
         route.close()
         raise
+    transport = client.get_transport()
+    if transport is not None and (target.jumps or target.proxy_command):
+        # When the connection ends, however it ends, the bastion sessions or proxy process go with it.
+        threading.Thread(target=_close_after, args=(transport, route), name="ssh-route", daemon=True).start()
     return client, route
+
+
+def _close_after(transport: paramiko.Transport, route: Route) -> None:
+    transport.join()
+    route.close()
+
+
+def known_hosts_of(target: Target) -> str:
+    """The known_hosts file that `target`'s host key is checked against (jump hosts included)."""
+    return target.known_hosts or os.path.expanduser(DEFAULT_KNOWN_HOSTS)
 
 
 def _tcp(host: str, target: Target, endpoint: str) -> socket.socket:
@@ -254,9 +269,8 @@ def _through_jumps(target: Target, route: Route) -> paramiko.Channel:
     stream: Stream = _tcp(target.name, first, _jump_name(first))
     route._own(stream.close)
     for index, hop in enumerate(target.jumps):
-        known = hop.known_hosts or os.path.expanduser(DEFAULT_KNOWN_HOSTS)
         via = f" to {target.name} via {hop.name}"
-        client = _handshake(hop, known, stream, via=via, host=target.name, endpoint=_jump_name(hop))
+        client = _handshake(hop, known_hosts_of(hop), stream, via=via, host=target.name, endpoint=_jump_name(hop))
         route._own(client.close)
         route.jump_clients.append(client)
         following = target.jumps[index + 1] if index + 1 < len(target.jumps) else target
