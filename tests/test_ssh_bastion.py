@@ -383,17 +383,27 @@ def test_a_proxy_command_that_fails_is_reported_with_its_stderr(
     assert not (tmp_path / "first.done").exists()
 
 
-def test_closing_the_executor_ends_the_proxy_process(servers: dict[str, SshdServer], tmp_path: Path) -> None:
-    inner = servers["inner"]
-    relay = f"{subprocess.list2cmdline(['python3', '-c', _RELAY])} %h %p rollout-relay-{tmp_path.name}"
-    target = inner.target("inner")
-    executor = SshExecutor(replace(target, proxy_command=expand_tokens(relay, target)))
-    assert executor.run("echo hi").stdout == "hi\n"
-    assert _proxies(f"rollout-relay-{tmp_path.name}")
+def test_closing_the_executor_ends_the_proxy_process_and_what_it_started(
+    servers: dict[str, SshdServer], tmp_path: Path
+) -> None:
+    relay, pidfile = tmp_path / "relay.py", tmp_path / "helper.pid"
+    relay.write_text(_RELAY)
+    # The command leaves a helper running beside the relay, as wrapper scripts do.
+    proxy = f'sh -c \'sleep 300 & echo $! > {pidfile}; exec python3 {relay} "$0" "$1"\' %h %p'
+    target = servers["inner"].target("inner")
+    executor = SshExecutor(replace(target, proxy_command=expand_tokens(proxy, target)))
+    try:
+        assert executor.run("echo hi").stdout == "hi\n"
+        assert _proxies(str(relay))
+        helper = int(wait_for_file(pidfile))
 
-    executor.close()
+        executor.close()
 
-    assert _proxies(f"rollout-relay-{tmp_path.name}") == []
+        assert _proxies(str(relay)) == []
+        assert not pid_alive(helper)
+    finally:
+        executor.close()
+        kill_pidfile(pidfile)
 
 
 def test_when_the_connection_drops_the_proxy_process_ends(servers: dict[str, SshdServer], tmp_path: Path) -> None:

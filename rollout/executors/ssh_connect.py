@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 import socket
 import subprocess
 import tempfile
@@ -114,21 +116,32 @@ class ProxyProcess(paramiko.ProxyCommand):
         self._said = ""
         # stderr goes to an unlinked file, so a chatty command never blocks on a full pipe.
         with tempfile.TemporaryFile() as errors:
+            # A session of its own: closing ends whatever the command started too, and a
+            # Ctrl-C at the terminal reaches rollout (which then closes it), not the proxy.
             self.process = subprocess.Popen(
-                self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, bufsize=0
+                self.cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                bufsize=0,
+                start_new_session=True,
             )
             self._errors: int | None = os.dup(errors.fileno())
 
     def recv(self, size: int) -> bytes:
-        """Up to `size` bytes from the command's stdout; b'' once it has ended."""
-        import select
-
+        """Up to `size` bytes from the command's stdout; b'' once it has ended (or been closed)."""
         stdout = self.process.stdout
-        assert stdout is not None
-        ready, _, _ = select.select([stdout], [], [], self.timeout)
-        if not ready:
-            raise TimeoutError
-        return os.read(stdout.fileno(), size)
+        if stdout is None or stdout.closed:
+            return b""
+        try:
+            ready, _, _ = select.select([stdout], [], [], self.timeout)
+            if not ready:
+                raise TimeoutError
+            return os.read(stdout.fileno(), size)
+        except (ValueError, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            return b""  # closed under us by close() from another thread
 
     def stderr_tail(self) -> str:
         """The last lines the command wrote to stderr."""
@@ -141,15 +154,16 @@ class ProxyProcess(paramiko.ProxyCommand):
         return "\n".join(text.splitlines()[-3:])
 
     def close(self) -> None:
-        """End the command (SIGTERM, then SIGKILL after a grace) and reap it; safe to call twice."""
+        """End the command's process group (SIGTERM, then SIGKILL after a grace) and reap it; safe to call twice."""
         process = self.process
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+                os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=KILL_GRACE + 2.0)
+                process.wait(timeout=KILL_GRACE)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
@@ -335,7 +349,8 @@ def _handshake(
 ) -> paramiko.SSHClient:
     """Key exchange, host-key check and authentication on an open stream; errors name `host` (default target)."""
     if target.known_hosts is not None and not os.path.isfile(known_hosts):
-        raise ConnectError(f"known_hosts file {known_hosts} does not exist", host=host or target.name)
+        hop = f" (for jump host {target.name})" if host else ""
+        raise ConnectError(f"known_hosts file {known_hosts} does not exist{hop}", host=host or target.name)
     client = paramiko.SSHClient()
     with translate(
         HANDSHAKE_FAULTS,
