@@ -469,6 +469,7 @@ def test_plan_shows_the_jump_hosts_and_the_proxy_command(
     assert [j["name"] for j in target["jumps"]] == ["jump", "jump2"]
     assert (target["jumps"][0]["address"], target["jumps"][0]["port"]) == ("127.0.0.1", jump.port)
     assert target["jumps"][1]["known_hosts"] == jump2.known_hosts
+    assert "jumps" not in target["jumps"][1]  # each hop once, in order
     assert target["proxy_command"] is None
 
     proxied = cli("plan", str(_plan(tmp_path, config, host_extra="proxy_command: nc %h %p")), "--env", "lab")
