@@ -196,6 +196,16 @@ def test_a_jump_host_refusing_the_connection_is_named(tmp_path: Path, servers: d
     )
 
 
+def test_a_host_the_jump_host_cannot_reach_is_named_with_the_jump_host(servers: dict[str, SshdServer]) -> None:
+    port = free_port("127.0.0.2")  # nothing listens there
+    target = _inner_through_jump(servers, port=port)
+
+    with pytest.raises(ConnectError) as caught:
+        open_stream(target)
+
+    assert str(caught.value).startswith(f"inner: jump could not reach 127.0.0.2:{port}: ")
+
+
 def test_two_jump_hosts_in_a_row(tmp_path: Path, servers: dict[str, SshdServer], cli: Cli) -> None:
     code, out = _run(cli, _plan(tmp_path, _config(tmp_path, servers), host="inner2"), tmp_path)
 
