@@ -239,7 +239,7 @@ def _inner_through_jump(servers: dict[str, SshdServer], **overrides: object) -> 
 def test_closing_the_executor_closes_the_jump_host_connections(servers: dict[str, SshdServer]) -> None:
     executor = SshExecutor(_inner_through_jump(servers))
     assert executor.run("true").ok
-    route = executor._sock
+    route = executor._route
     assert route is not None
     assert len(route.jump_clients) == 1
     jump_transport = route.jump_clients[0].get_transport()
@@ -267,7 +267,7 @@ def test_when_the_connection_drops_its_jump_host_connection_is_closed(servers: d
     executor = SshExecutor(_inner_through_jump(servers))
     try:
         assert executor.run("true").ok
-        route, client = executor._sock, executor._client
+        route, client = executor._route, executor._client
         assert route is not None
         assert client is not None
         jump_transport = route.jump_clients[0].get_transport()
@@ -303,7 +303,7 @@ def test_a_command_cut_off_behind_a_jump_is_killed_on_reconnect(servers: dict[st
     try:
         pid = int(wait_for_file(pidfile))
         # The bastion's side of the route drops: everything behind it is cut off.
-        route = executor._sock
+        route = executor._route
         assert route is not None
         jump_transport = route.jump_clients[0].get_transport()
         assert jump_transport is not None
@@ -427,7 +427,7 @@ def test_when_the_connection_drops_the_proxy_process_ends(servers: dict[str, Ssh
         assert client is not None
         final = client.get_transport()
         assert final is not None
-        route = executor._sock
+        route = executor._route
         assert route is not None
         stream = route.stream
         assert isinstance(stream, ProxyProcess)

@@ -15,6 +15,7 @@ import contextlib
 import os
 import posixpath
 import shlex
+import socket
 import threading
 import time
 import uuid
@@ -63,8 +64,10 @@ class SshExecutor:
         self.output_cap = output_cap
         self._connect_lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
-        # Everything the connection runs over: a socket, or jump hosts, or a proxy process.
-        self._sock: Route | None = None
+        # Everything the connection runs over (a socket, or jump hosts, or a proxy process),
+        # and the TCP socket under it, if we opened one (directly or to the first jump host).
+        self._route: Route | None = None
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._in_flight: set[RemoteProcess] = set()
         # Process groups of commands whose connection dropped: they may still run, and
@@ -86,14 +89,14 @@ class SshExecutor:
                 if transport is not None and transport.is_active():
                     return transport
                 self._disconnect()
-            client, sock = connect(self.target, self.known_hosts_path)
+            client, route = connect(self.target, self.known_hosts_path)
             try:
                 self._end_orphans(client)
             except BaseException:
                 client.close()
-                sock.close()
+                route.close()
                 raise
-            self._client, self._sock = client, sock
+            self._client, self._route, self._sock = client, route, route.tcp
             transport = client.get_transport()
             assert transport is not None
             return transport
@@ -135,9 +138,10 @@ class SshExecutor:
             # fails too; the route below is closed all the same.
             with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
                 self._client.close()
-        if self._sock is not None:
-            self._sock.close()
+        if self._route is not None:
+            self._route.close()
         self._client = None
+        self._route = None
         self._sock = None
 
     def _open_channel(self) -> paramiko.Channel:

@@ -187,6 +187,8 @@ class Route:
 
     def __init__(self) -> None:
         self.stream: Stream | None = None
+        #: the TCP connection we opened (to the host, or to the first jump host); None with a proxy command
+        self.tcp: socket.socket | None = None
         self.jump_clients: list[paramiko.SSHClient] = []
         self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -229,8 +231,8 @@ def open_route(target: Target) -> Route:
         elif target.jumps:
             route.stream = _through_jumps(target, route)
         else:
-            route.stream = _tcp(target.name, target, target.endpoint)
-            route._own(route.stream.close)
+            route.stream = route.tcp = _tcp(target.name, target, target.endpoint)
+            route._own(route.tcp.close)
     except BaseException:
         route.close()
         raise
@@ -280,8 +282,9 @@ def _jump_name(hop: Target) -> str:
 def _through_jumps(target: Target, route: Route) -> paramiko.Channel:
     """Log in to each jump host in turn over a channel from the one before; the channel to `target`."""
     first = target.jumps[0]
-    stream: Stream = _tcp(target.name, first, _jump_name(first))
-    route._own(stream.close)
+    route.tcp = _tcp(target.name, first, _jump_name(first))
+    route._own(route.tcp.close)
+    stream: Stream = route.tcp
     for index, hop in enumerate(target.jumps):
         via = f" to {target.name} via {hop.name}"
         client = _handshake(hop, known_hosts_of(hop), stream, via=via, host=target.name, endpoint=_jump_name(hop))
