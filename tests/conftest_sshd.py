@@ -25,7 +25,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +108,11 @@ def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], timeo
     return False
 
 
-def start_sshd(workdir: Path, host: str = "127.0.0.1") -> SshdServer:
-    """Start sshd in the foreground on a free port with fresh keys under `workdir`."""
+def start_sshd(workdir: Path, host: str = "127.0.0.1", extra_config: Sequence[str] = ()) -> SshdServer:
+    """Start sshd in the foreground on a free port with fresh keys under `workdir`.
+
+    `extra_config` lines come first in sshd_config, so they win (sshd keeps the first value).
+    """
     if not os.path.exists(SSHD):
         raise FileNotFoundError(SSHD)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +134,7 @@ def start_sshd(workdir: Path, host: str = "127.0.0.1") -> SshdServer:
         config.write_text(
             "\n".join(
                 [
+                    *extra_config,
                     f"ListenAddress {host}",
                     f"Port {port}",
                     f"HostKey {host_key}",

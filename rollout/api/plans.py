@@ -170,7 +170,17 @@ def _target_as_dict(target: Any) -> dict[str, Any]:
             known_hosts=target.known_hosts or os.path.expanduser("~/.ssh/known_hosts"),
             connect_timeout=target.connect_timeout,
             server_alive_interval=target.server_alive_interval,
+            # how the connection gets there: jump hosts (first hop first), or a proxy command, or neither
+            jumps=[_hop_as_dict(hop) for hop in target.jumps],
+            proxy_command=target.proxy_command,
         )
+    return out
+
+
+def _hop_as_dict(hop: Any) -> dict[str, Any]:
+    """One jump host: its name as the route lists it, and where it really is (the hops before it are listed already)."""
+    out = {"name": hop.name, **_target_as_dict(hop)}
+    del out["jumps"], out["proxy_command"]
     return out
 
 

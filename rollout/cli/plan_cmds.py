@@ -214,14 +214,28 @@ def plan_command(
 
 
 def _where(t: dict[str, Any]) -> str:
-    """Where a host really connects: `ssh user@hostname:port, key ..., known_hosts ...`."""
+    """Where a host really connects: `ssh user@hostname:port, key ..., known_hosts ...`, and via what."""
     if t["connection"] == "local":
         return "local"
+    where = f"ssh {_login(t)}, {_credentials(t)}"
+    if t.get("jumps"):
+        hops = ", ".join(f"{j['name']} {_login(j)} ({_credentials(j)})" for j in t["jumps"])
+        where += f"; via {hops}"
+    elif t.get("proxy_command"):
+        where += f"; via proxy command `{t['proxy_command']}`"
+    return where
+
+
+def _login(t: dict[str, Any]) -> str:
     address = f"[{t['address']}]" if ":" in t["address"] else t["address"]
+    return f"{t['login']}@{address}:{t['port']}"
+
+
+def _credentials(t: dict[str, Any]) -> str:
     keys = ", ".join(t["identity_files"]) or "agent or ~/.ssh keys"
     if t["identities_only"] and t["identity_files"]:
         keys += " only"
-    return f"ssh {t['login']}@{address}:{t['port']}, key {keys}, known_hosts {t['known_hosts']}"
+    return f"key {keys}, known_hosts {t['known_hosts']}"
 
 
 def _pin_and_lock(schedule: Schedule, overrides: dict[str, str], out: Path | None) -> str:

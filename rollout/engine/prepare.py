@@ -85,7 +85,13 @@ def _target(loaded: LoadedPlan, env_name: str, host_name: str, variables: Variab
     ssh = render_model(loaded, env.ssh, (*base, "ssh"), variables, env_name=env_name, host_name=host_name)
     spec = env.host(host_name)
     # host vars were rendered into `variables` already; only how to reach the host is left
-    reach = Host(address=spec.address, port=spec.port, user=spec.user)
+    reach = Host(
+        address=spec.address,
+        port=spec.port,
+        user=spec.user,
+        proxy_jump=spec.proxy_jump,
+        proxy_command=spec.proxy_command,
+    )
     host = render_model(loaded, reach, (*base, "hosts", host_name), variables, env_name=env_name, host_name=host_name)
 
     def expand(path: str | None) -> str | None:
@@ -98,9 +104,12 @@ def _target(loaded: LoadedPlan, env_name: str, host_name: str, variables: Variab
     from rollout.executors.ssh_config import SshConfigError, read_config, resolve_target
 
     try:
-        entry = read_config(ssh.config).entry(host_name)
+        config = read_config(ssh.config)
+        entry = config.entry(host_name)
     except SshConfigError as exc:
         raise loaded.error((*base, "ssh", "config"), str(exc)) from None
+    # The host's own proxy setting replaces the environment's, whichever kind each is.
+    proxy = host if host.proxy_jump is not None or host.proxy_command is not None else ssh
     try:
         return resolve_target(
             host_name,
@@ -111,6 +120,9 @@ def _target(loaded: LoadedPlan, env_name: str, host_name: str, variables: Variab
             identity_file=expand(ssh.identity_file),
             known_hosts=expand(ssh.known_hosts),
             connect_timeout=ssh.connect_timeout,
+            proxy_jump=proxy.proxy_jump,
+            proxy_command=proxy.proxy_command,
+            lookup=config.entry,
         )
     except SshConfigError as exc:
         raise loaded.error((*base, "hosts", host_name), str(exc)) from None

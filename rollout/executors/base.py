@@ -43,6 +43,10 @@ class Target:
     server_alive_interval: float = 0.0
     #: every key to offer, in order (identity_file first when set); empty means agent and ~/.ssh defaults
     identity_files: tuple[str, ...] = ()
+    #: ProxyJump: the hosts to tunnel through, first hop first; each hop's own `jumps` are the hops before it
+    jumps: tuple[Target, ...] = ()
+    #: ProxyCommand, tokens expanded: its stdin/stdout carry the connection (exclusive with `jumps`)
+    proxy_command: str | None = None
 
     @property
     def endpoint(self) -> str:

@@ -37,7 +37,7 @@ from rollout.executors.base import (
 )
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
 from rollout.executors.runner import run_process
-from rollout.executors.ssh_connect import connect
+from rollout.executors.ssh_connect import Route, connect
 from rollout.executors.ssh_process import RemoteProcess, kill_runs, kill_script, wrap
 
 _SFTP_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError)
@@ -64,6 +64,9 @@ class SshExecutor:
         self.output_cap = output_cap
         self._connect_lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
+        # Everything the connection runs over (a socket, or jump hosts, or a proxy process),
+        # and the TCP socket under it, if we opened one (directly or to the first jump host).
+        self._route: Route | None = None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._in_flight: set[RemoteProcess] = set()
@@ -86,14 +89,14 @@ class SshExecutor:
                 if transport is not None and transport.is_active():
                     return transport
                 self._disconnect()
-            client, sock = connect(self.target, self.known_hosts_path)
+            client, route = connect(self.target, self.known_hosts_path)
             try:
                 self._end_orphans(client)
             except BaseException:
                 client.close()
-                sock.close()
+                route.close()
                 raise
-            self._client, self._sock = client, sock
+            self._client, self._route, self._sock = client, route, route.tcp
             transport = client.get_transport()
             assert transport is not None
             return transport
@@ -131,10 +134,14 @@ class SshExecutor:
 
     def _disconnect(self) -> None:
         if self._client is not None:
-            self._client.close()
-        if self._sock is not None:
-            self._sock.close()
+            # Through a jump host whose session is gone, closing the channel under the client
+            # fails too; the route below is closed all the same.
+            with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+                self._client.close()
+        if self._route is not None:
+            self._route.close()
         self._client = None
+        self._route = None
         self._sock = None
 
     def _open_channel(self) -> paramiko.Channel:

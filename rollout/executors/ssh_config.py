@@ -5,16 +5,21 @@ The host's name in the plan is the alias looked up in the config (as `ssh NAME` 
 it while preparing the schedule, so `rollout plan` shows exactly what the executor uses.
 Reading the config file is the only I/O here, in `read_config`. This module must never
 connect or guess an address: a host with no address and no Host entry is an error.
-ProxyJump and ProxyCommand are not read here.
+ProxyJump and ProxyCommand come from the plan (`proxy_jump`, `proxy_command`; `none`
+connects directly) or else from the config, where, as in OpenSSH, whichever of the two
+comes first wins. Each jump host is placed through the same config as an alias of its
+own (its HostName, User, Port, IdentityFile, UserKnownHostsFile); a jump host's own
+ProxyJump or ProxyCommand is not followed: list every hop instead.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import getpass
 import os
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from rollout.errors import ExecutorError
 from rollout.executors.base import Target
@@ -55,7 +60,8 @@ class HostEntry:
 
     config_path: str | None  # None when no config file was read
     matched: bool  # a Host line other than the catch-all `*` names this alias
-    options: Mapping[str, str | list[str]] = field(default_factory=dict)
+    # ProxyCommand none is kept as None, so that it still comes first when it does.
+    options: Mapping[str, str | list[str] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class SshConfig:
 
         with translate(_parse_faults(), host="", path=self.path):
             parsed = paramiko.SSHConfig.from_text(self.text)
-            options: dict[str, str | list[str]] = dict(parsed.lookup(alias))
+            options: dict[str, str | list[str] | None] = dict(parsed.lookup(alias))
             matched = alias_matched(self.text, alias)
         return HostEntry(config_path=self.path, matched=matched, options=options)
 
@@ -145,8 +151,49 @@ def resolve_target(
     identity_file: str | None,
     known_hosts: str | None,
     connect_timeout: float | None,
+    proxy_jump: str | None = None,
+    proxy_command: str | None = None,
+    lookup: Callable[[str], HostEntry] | None = None,
 ) -> Target:
-    """The ssh Target for host `name`: the plan's values win, then the ssh config's, then defaults."""
+    """The ssh Target for host `name`: the plan's values win, then the ssh config's, then defaults.
+
+    `lookup` finds the config entry of each jump host (by default, none: hops are placed as written).
+    """
+    target = _place(
+        name,
+        entry,
+        address=address,
+        port=port,
+        user=user,
+        identity_file=identity_file,
+        known_hosts=known_hosts,
+        connect_timeout=connect_timeout,
+    )
+    jump, command = _proxy_choice(entry, proxy_jump, proxy_command)
+    if command is not None:
+        # The config's ProxyCommand arrives expanded by paramiko's parser; the plan's is expanded here.
+        from_plan = proxy_command is not None
+        return replace(target, proxy_command=expand_tokens(command, target) if from_plan else command)
+    if jump is None:
+        return target
+    hops: list[Target] = []
+    for spec in [h.strip() for h in jump.split(",")]:
+        hops.append(_hop(name, spec, tuple(hops), lookup, identity_file, known_hosts, connect_timeout))
+    return replace(target, jumps=tuple(hops))
+
+
+def _place(
+    name: str,
+    entry: HostEntry,
+    *,
+    address: str | None,
+    port: int | None,
+    user: str | None,
+    identity_file: str | None,
+    known_hosts: str | None,
+    connect_timeout: float | None,
+) -> Target:
+    """Address, port, user, keys and known_hosts of one host, without its proxy."""
     options = entry.options
     if address is None and not entry.matched:
         where = f"no Host entry in {entry.config_path}" if entry.config_path else "no ssh config was read"
@@ -176,3 +223,96 @@ def resolve_target(
         identities_only=str(_first(options.get("identitiesonly")) or "no").lower() == "yes",
         server_alive_interval=_seconds(entry, "serveraliveinterval") or 0.0,
     )
+
+
+def _is_none(value: str | None) -> bool:
+    return value is None or value.strip().lower() == NO_CONFIG
+
+
+def _proxy_choice(entry: HostEntry, jump: str | None, command: str | None) -> tuple[str | None, str | None]:
+    """(ProxyJump, ProxyCommand), at most one set: the plan's if it names either, else the config's first."""
+    if jump is not None or command is not None:
+        return (None if _is_none(jump) else jump), (None if _is_none(command) else command)
+    # paramiko keeps each option where it was first obtained, so the first of the two is OpenSSH's choice.
+    for key, value in entry.options.items():
+        if key == "proxyjump":
+            raw = _first(value)
+            return (None if _is_none(raw) else raw), None
+        if key == "proxycommand":
+            raw = _first(value)
+            return None, (None if _is_none(raw) else raw)
+    return None, None
+
+
+def expand_tokens(command: str, target: Target) -> str:
+    """OpenSSH's ProxyCommand tokens for `target`: %h hostname, %p port, %r remote user, %n alias, %% a percent."""
+    values = {"h": target.address, "p": str(target.port), "r": target.user or getpass.getuser(), "n": target.name}
+    out: list[str] = []
+    chars = iter(command)
+    for char in chars:
+        if char != "%":
+            out.append(char)
+            continue
+        letter = next(chars, "")
+        if letter == "%":
+            out.append("%")
+        elif letter in values:
+            out.append(values[letter])
+        else:
+            raise SshConfigError(f"proxy_command of '{target.name}': unknown token %{letter} (known: %h %p %r %n %%)")
+    return "".join(out)
+
+
+def parse_hop(spec: str) -> tuple[str | None, str, int | None]:
+    """One ProxyJump hop, `[user@]host[:port]` (or ssh://...; [v6]:port), as (user, host, port)."""
+    text = spec.removeprefix("ssh://")
+    user, _, hostport = text.rpartition("@")
+    port_text: str | None = None
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else None
+    elif hostport.count(":") == 1:
+        host, port_text = hostport.split(":")
+    else:
+        host = hostport
+    if not host or (user == "" and "@" in text):
+        raise SshConfigError(f"ProxyJump hop '{spec}' is not [user@]host[:port]")
+    try:
+        port = int(port_text) if port_text else None
+    except ValueError:
+        raise SshConfigError(f"ProxyJump hop '{spec}': port {port_text!r} is not a number") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise SshConfigError(f"ProxyJump hop '{spec}': port {port} is out of range")
+    return user or None, host, port
+
+
+def _hop(
+    name: str,
+    spec: str,
+    before: tuple[Target, ...],
+    lookup: Callable[[str], HostEntry] | None,
+    identity_file: str | None,
+    known_hosts: str | None,
+    connect_timeout: float | None,
+) -> Target:
+    """A jump host, placed as OpenSSH places it: its own Host entry, then the plan's keys and known_hosts."""
+    if not spec:
+        raise SshConfigError(f"the ProxyJump of '{name}' has an empty hop")
+    user, host, port = parse_hop(spec)
+    entry = lookup(host) if lookup is not None else HostEntry(config_path=None, matched=False)
+    hop = _place(
+        host,
+        entry,
+        address=None if entry.matched else host,
+        port=port,
+        user=user,
+        identity_file=None,
+        known_hosts=None,
+        connect_timeout=connect_timeout,
+    )
+    # The environment's key and known_hosts serve the bastion too, unless its own entry names others.
+    if not hop.identity_files and identity_file:
+        hop = replace(hop, identity_file=identity_file, identity_files=(identity_file,))
+    if hop.known_hosts is None and known_hosts:
+        hop = replace(hop, known_hosts=known_hosts)
+    return replace(hop, jumps=before)

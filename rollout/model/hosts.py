@@ -12,6 +12,21 @@ from pydantic import Field, field_validator, model_validator
 from rollout.model.base import Model, Name, ProbeDuration, Vars
 from rollout.model.checks import DocumentSource
 
+PROXY_JUMP_HELP = (
+    "ProxyJump: jump hosts, comma-separated, each [user@]host[:port] and looked up in the ssh config; "
+    "wins over the config's ProxyJump and ProxyCommand; 'none' connects directly"
+)
+PROXY_COMMAND_HELP = (
+    "ProxyCommand: a command whose stdin/stdout reach the host (%h %p %r expanded); "
+    "wins over the config's ProxyJump and ProxyCommand; 'none' connects directly"
+)
+
+
+def _check_one_proxy(jump: str | None, command: str | None) -> None:
+    """A plan says how to reach a host one way: ProxyJump or ProxyCommand, not both at one level."""
+    if jump is not None and command is not None:
+        raise ValueError("set at most one of proxy_jump and proxy_command (OpenSSH would silently use one)")
+
 
 class SshOptions(Model):
     """How to reach ssh hosts; host keys are always checked against known_hosts.
@@ -29,6 +44,13 @@ class SshOptions(Model):
         default=None,
         description="OpenSSH client config to read Host entries from (default ~/.ssh/config); 'none' reads none",
     )
+    proxy_jump: str | None = Field(default=None, description=PROXY_JUMP_HELP)
+    proxy_command: str | None = Field(default=None, description=PROXY_COMMAND_HELP)
+
+    @model_validator(mode="after")
+    def _one_proxy(self) -> SshOptions:
+        _check_one_proxy(self.proxy_jump, self.proxy_command)
+        return self
 
 
 class Host(Model):
@@ -40,8 +62,15 @@ class Host(Model):
     )
     port: int | None = Field(default=None, ge=1, le=65535, description="ssh port (overrides ssh.port)")
     user: str | None = None
+    proxy_jump: str | None = Field(default=None, description=PROXY_JUMP_HELP + " (overrides ssh.proxy_*)")
+    proxy_command: str | None = Field(default=None, description=PROXY_COMMAND_HELP + " (overrides ssh.proxy_*)")
     vars: Vars = Field(default_factory=dict)
     groups: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_proxy(self) -> Host:
+        _check_one_proxy(self.proxy_jump, self.proxy_command)
+        return self
 
 
 class Environment(Model):
