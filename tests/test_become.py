@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -25,7 +26,7 @@ import pytest
 from rollout.executors.base import Become, Target
 from rollout.executors.local import LocalExecutor
 from rollout.executors.ssh import SshExecutor
-from tests.helpers import Cli
+from tests.helpers import Cli, cli_env, events, rollout, run_id_of, start_rollout, wait_for_event
 
 if TYPE_CHECKING:
     from tests.conftest_sudo import SudoUsers
@@ -126,6 +127,11 @@ def _token_processes(token: str) -> list[str]:
         if token in argv and state not in ("Z", "X"):
             found.append(f"{entry.name} {state} {argv}")
     return found
+
+
+def _sleeping(token: str) -> list[str]:
+    """The sleepers of `_sleepers(token)` that are alive (not the shells and sudo around them)."""
+    return [p for p in _token_processes(token) if p.split(" ", 2)[2].startswith("sleep ")]
 
 
 def _assert_none_left(token: str) -> None:
@@ -375,7 +381,7 @@ def test_a_cancelled_become_command_leaves_no_process(sudo_users: SudoUsers, con
     try:
         assert started.wait(10)
         deadline = time.monotonic() + 10
-        while len(_token_processes(f".{token}")) < 2 and time.monotonic() < deadline:
+        while len(_sleeping(f".{token}")) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)  # both sleepers exist before the cancel comes
         executor.cancel()
         worker.join(15)
@@ -412,3 +418,36 @@ def test_a_become_command_of_an_unprivileged_orchestrator_is_killed_through_sudo
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "None"]
     _assert_none_left(f".{token}")
+
+
+def test_recover_ends_a_become_command_the_login_user_cannot_see(
+    tmp_path: Path, sudo_users: SudoUsers, out: Path
+) -> None:
+    """The login user can neither read root's /proc/PID/environ nor signal it: recover goes through sudo."""
+    token = f"{secrets.randbelow(10**6):06d}"
+    steps = f"""
+  - name: hangs
+    become: true
+    run: {_sleepers(token)}
+    rollback: "true"
+"""
+    plan = _plan(tmp_path, sudo_users, out, login=sudo_users.nopw, steps=steps)
+    state = tmp_path / "state"
+    env = cli_env(**{PASSWORD_VAR: "unused-in-this-test"})
+    proc = start_rollout("run", plan, "--env", "lab", "--state-dir", state, env=env)
+    try:
+        process = wait_for_event(state, lambda e: e["kind"] == "process.start", proc=proc)
+        assert process["data"]["become_user"] == "root"
+        deadline = time.monotonic() + 10
+        while len(_sleeping(f".{token}")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert len(_sleeping(f".{token}")) == 2  # the dead run's command still runs
+    result = rollout("recover", run_id_of(state), "--state-dir", state, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    _assert_none_left(f".{token}")
+    ended = [e for e in events(state) if e["kind"] == "recover.processes"]
+    assert [(e["data"].get("become_user"), e["outcome"]) for e in ended] == [(None, "none"), ("root", "ended")]

@@ -21,14 +21,6 @@ from rollout.executors.base import Become, CommandResult
 SSH_CHECK = "ssh connection"
 
 
-def become_users(host: HostPlan) -> list[str]:
-    """Every user a host's steps, rollbacks and checks run as through sudo, in plan order."""
-    checks = [*host.prechecks, *host.guards, *(c for s in host.steps for c in s.verify)]
-    users = [s.become_user or "root" for s in host.steps if s.become]
-    users += [c.become_user or "root" for c in checks if c.become]
-    return list(dict.fromkeys(users))
-
-
 def sudo_problem(result: CommandResult) -> str:
     """Why `sudo ... true` failed, in an operator's words."""
     err = result.stderr
@@ -57,7 +49,7 @@ class PrecheckMixin(EngineCore):
 
     def _prechecks(self) -> list[tuple[str, str, str]]:
         hosts = list(self.schedule.hosts.values())
-        if not any(h.prechecks or h.target.connection == "ssh" or become_users(h) for h in hosts):
+        if not any(h.prechecks or h.target.connection == "ssh" or h.become_users() for h in hosts):
             return []
         failed: list[tuple[str, str, str]] = []
         lock = threading.Lock()
@@ -67,7 +59,7 @@ class PrecheckMixin(EngineCore):
                 with lock:
                     failed.append((host.name, SSH_CHECK, self._unreachable[host.name]))
                 return
-            for user in become_users(host):
+            for user in host.become_users():
                 why = self._sudo_fails(host, user)
                 if why is not None:
                     with lock:

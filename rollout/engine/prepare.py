@@ -36,6 +36,13 @@ class HostPlan:
     # The login user's sudo password (from a secret variable), for steps and checks with become.
     become_password: str | None = field(default=None, repr=False)
 
+    def become_users(self) -> list[str]:
+        """Every user this host's steps, rollbacks and checks run as through sudo, in plan order."""
+        checks = [*self.prechecks, *self.guards, *(c for s in self.steps for c in s.verify)]
+        users = [s.become_user or "root" for s in self.steps if s.become]
+        users += [c.become_user or "root" for c in checks if c.become]
+        return list(dict.fromkeys(users))
+
 
 @dataclass(frozen=True)
 class WavePlan:
