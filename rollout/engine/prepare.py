@@ -131,13 +131,14 @@ _Item = TypeVar("_Item", Step, Check, Guard)
 
 
 def _settled(loaded: LoadedPlan, env: Environment, item: _Item, loc: tuple[str | int, ...]) -> _Item:
-    """`item` with its become resolved against the environment's: `become` is then True or False, never None."""
+    """`item` with its become resolved against the environment's: true means through sudo as `become_user`."""
     on_host = item.runs_on_host if isinstance(item, Check) else item.upload is None
     become = item.become if item.become is not None else env.become and on_host
     if item.become_user is not None and not become:
         raise loaded.error((*loc, "become_user"), "become_user needs 'become: true' (here or on the environment)")
     user = (item.become_user or env.become_user) if become else None
-    if item.become is become and item.become_user == user:
+    # Unchanged items stay the same objects: hosts share them, and HTTP checks keep one client per object.
+    if bool(item.become) == become and item.become_user == user:
         return item
     return item.model_copy(update={"become": become, "become_user": user})
 
