@@ -451,3 +451,23 @@ def test_recover_ends_a_become_command_the_login_user_cannot_see(
     _assert_none_left(f".{token}")
     ended = [e for e in events(state) if e["kind"] == "recover.processes"]
     assert [(e["data"].get("become_user"), e["outcome"]) for e in ended] == [(None, "none"), ("root", "ended")]
+
+
+def test_steps_and_checks_without_become_stay_shared_by_every_host(tmp_path: Path) -> None:
+    """Settling become must not copy what it leaves unchanged: an HTTP check keeps one client per object."""
+    from rollout import api
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        """name: shared
+environments:
+  lab: { hosts: { a: , b: } }
+guards:
+  - { name: up, http: { url: "http://127.0.0.1:9/health" } }
+steps:
+  - { name: s, run: "true", rollback: "true", verify: [ { command: "true" } ] }
+"""
+    )
+    a, b = api.schedule(api.load(plan), "lab").hosts.values()
+    assert a.guards[0] is b.guards[0]
+    assert a.steps[0] is b.steps[0]
