@@ -471,3 +471,21 @@ steps:
     a, b = api.schedule(api.load(plan), "lab").hosts.values()
     assert a.guards[0] is b.guards[0]
     assert a.steps[0] is b.steps[0]
+
+
+def test_become_on_a_check_that_runs_no_command_on_the_host_is_a_plan_error(tmp_path: Path, cli: Cli) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        """name: http-become
+environments:
+  lab: { hosts: { a: } }
+prechecks:
+  - { name: up, become: true, http: { url: "http://127.0.0.1:9/health" } }
+steps:
+  - { name: s, run: "true", rollback: "true" }
+"""
+    )
+    result = cli("validate", str(plan))
+    assert result.code == 2, result.out + result.err
+    assert "plan.yaml:5:" in result.out + result.err
+    assert "http and tcp checks run from the orchestrator" in result.out + result.err

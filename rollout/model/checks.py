@@ -164,7 +164,10 @@ class Check(Model):
         if self.timeout <= 0:
             raise ValueError("a check's timeout must be above zero")
         if (self.become or self.become_user) and not self.runs_on_host:
-            raise ValueError("become applies to commands on the host: an http or tcp check runs from the orchestrator")
+            raise ValueError(
+                "become applies to commands on the host (a command check, a metadata command source): "
+                "http and tcp checks run from the orchestrator, and host_file is read over SFTP as the login user"
+            )
         return self
 
     @property
