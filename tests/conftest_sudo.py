@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +59,19 @@ def _run(*argv: str, stdin: str | None = None) -> None:
     subprocess.run(argv, input=stdin, text=True, check=True, capture_output=True, timeout=60)
 
 
-def _end_processes_of(user: str) -> None:
-    """SIGKILL every process still running as `user`, by pid (the users are ours alone)."""
+def _pids_of(user: str) -> list[int]:
     found = subprocess.run(["pgrep", "-u", user], capture_output=True, text=True, timeout=30, check=False)
-    for pid in found.stdout.split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _end_processes_of(user: str) -> None:
+    """SIGKILL every process still running as `user`, by pid (the users are ours alone), and see them gone."""
+    deadline = time.monotonic() + 10.0
+    while (pids := _pids_of(user)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)  # a killed process leaves the process table once its parent reaps it
 
 
 def _install_sudoers(path: Path, text: str) -> None:
@@ -118,7 +126,11 @@ def sudo_users() -> Iterator[SudoUsers]:
                 stop_sshd(server)
             for user in users:
                 _end_processes_of(user)
-                subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=60, check=False)
+                removed = subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=60, check=False)
+                if removed.returncode not in (0, 12):  # 12: the home could not be removed, the user is gone
+                    subprocess.run(
+                        ["userdel", "--force", "--remove", user], capture_output=True, timeout=60, check=False
+                    )
             if drop_in.exists():
                 drop_in.unlink()
             if created_dir and SUDOERS_DIR.exists() and not any(SUDOERS_DIR.iterdir()):
