@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.installed
 
 # The SSH tests start their own sshd on 127.0.0.1; Debian's openssh-server provides it.
+# The become tests run steps through a real sudo; Debian's sudo provides it.
 sshd-deps:
 	@if [ ! -x /usr/sbin/sshd ]; then \
 		echo "installing openssh-server for the SSH tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openssh-server >/dev/null; \
+	fi
+	@if [ ! -x /usr/bin/sudo ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing sudo for the become tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sudo >/dev/null; \
 	fi
 
 demo: $(VENV)/.installed

@@ -89,7 +89,12 @@ def schedule(
 
 
 def describe_check(check: Check) -> str:
-    """One line saying what a check asks and what passes."""
+    """One line saying what a check asks and what passes (and as whom, through sudo)."""
+    what = _describe_kind(check)
+    return f"{what} (sudo as {check.become_user or 'root'})" if check.become else what
+
+
+def _describe_kind(check: Check) -> str:
     if check.command is not None:
         c = check.command
         extra = f", stdout ~ /{c.stdout}/" if c.stdout else ""
@@ -210,6 +215,8 @@ def _host_as_dict(h: Any) -> dict[str, Any]:
                 "timeout": format_duration(s.timeout),
                 "retries": s.retries,
                 "verify": [{"name": c.name, "check": describe_check(c)} for c in s.verify],
+                # only when set: the pin of a plan without become stays what it was
+                **({"become_user": s.become_user or "root"} if s.become else {}),
             }
             for s in h.steps
         ],

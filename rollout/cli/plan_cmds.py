@@ -189,8 +189,9 @@ def plan_command(
             h = data["hosts"][host]
             lines.append(f"  {host} [{_where(h['target'])}]")
             for i, step in enumerate(h["steps"], 1):
+                sudo = f", sudo as {step['become_user']}" if step.get("become_user") else ""
                 lines.append(
-                    f"    {i}. {step['name']} (timeout {step['timeout']}{', retries ' + str(step['retries']) if step['retries'] else ''})"
+                    f"    {i}. {step['name']} (timeout {step['timeout']}{', retries ' + str(step['retries']) if step['retries'] else ''}{sudo})"
                 )
                 lines.append(_step_action(step))
                 for v in step["verify"]:

@@ -35,8 +35,8 @@ from rollout.engine.processes import command_env
 from rollout.errors import ExecutorError, JournalError
 from rollout.event import Event, EventKind
 from rollout.executors import open_executor
-from rollout.executors.base import CommandResult, Executor, OnStart, Target
-from rollout.model import Guard
+from rollout.executors.base import Become, CommandResult, Executor, OnStart, Target, become_arg
+from rollout.model import Check, Guard, Step
 from rollout.units import format_duration
 
 RECOVERY_TIMEOUT_MIN = 10.0
@@ -102,6 +102,7 @@ class EngineCore:
             stop=self._stop_probes,
             abort=self._abort,
             env=command_env(schedule.run_id),
+            passwords={name: host.become_password for name, host in schedule.hosts.items()},
         )
         guards = {name: host.guards for name, host in schedule.hosts.items()}
         self.guards = GuardMonitor(
@@ -281,8 +282,21 @@ class EngineCore:
             )
         )
 
-    def _record_process(self, wave: int | None, host: str, step: str, role: str, token: str) -> OnStart:
-        """A callback that journals a step or rollback command's process group once it exists."""
+    def become_for(self, host: str, item: Step | Check) -> Become | None:
+        """How a step's (or check's) command runs on `host`: through sudo as its become_user, or None."""
+        if not item.become:
+            return None
+        return Become(item.become_user or "root", self.schedule.hosts[host].become_password)
+
+    def _record_process(
+        self, wave: int | None, host: str, step: str, role: str, token: str, become: Become | None = None
+    ) -> OnStart:
+        """A callback that journals a step or rollback command's process group once it exists.
+
+        A group started through sudo is journaled with its become user: it belongs to that
+        user (and root), so whoever ends it must go through sudo too.
+        """
+        extra = {"become_user": become.user} if become is not None else {}
 
         def record(pgid: int) -> None:
             self._emit(
@@ -291,7 +305,7 @@ class EngineCore:
                     wave=wave,
                     host=host,
                     step=step,
-                    data={"role": role, "pgid": pgid, "attempt_id": token},
+                    data={"role": role, "pgid": pgid, "attempt_id": token, **extra},
                 ),
                 sync=True,
             )
@@ -306,9 +320,10 @@ class EngineCore:
         *,
         env: Mapping[str, str] | None = None,
         on_start: OnStart | None = None,
+        become: Become | None = None,
     ) -> CommandResult:
         try:
-            return ex.run(command, timeout=timeout, env=env, on_start=on_start)
+            return ex.run(command, timeout=timeout, env=env, on_start=on_start, **become_arg(become))
         except ExecutorError as exc:
             return CommandResult(
                 host=ex.target.name,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from rollout.engine.uploads import check_upload_sources
 from rollout.errors import PlanError, UsageError
 from rollout.executors.base import Target
-from rollout.model import Check, Guard, Host, Notify, ParityFact, Step
+from rollout.model import Check, Environment, Guard, Host, Notify, ParityFact, Step
+from rollout.model.hosts import BECOME_PASSWORD
 from rollout.planfile import LoadedPlan, Variables, check_overrides, host_variables, render_model
 from rollout.template import RenderBudget
 from rollout.units import Percent
@@ -31,6 +33,15 @@ class HostPlan:
     steps: tuple[Step, ...]
     variables: Variables
     parity: tuple[ParityFact, ...] = ()  # the plan's parity facts, rendered for this host
+    # The login user's sudo password (from a secret variable), for steps and checks with become.
+    become_password: str | None = field(default=None, repr=False)
+
+    def become_users(self) -> list[str]:
+        """Every user this host's steps, rollbacks and checks run as through sudo, in plan order."""
+        checks = [*self.prechecks, *self.guards, *(c for s in self.steps for c in s.verify)]
+        users = [s.become_user or "root" for s in self.steps if s.become]
+        users += [c.become_user or "root" for c in checks if c.become]
+        return list(dict.fromkeys(users))
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,59 @@ def _target(loaded: LoadedPlan, env_name: str, host_name: str, variables: Variab
         raise loaded.error((*base, "hosts", host_name), str(exc)) from None
 
 
+_Item = TypeVar("_Item", Step, Check, Guard)
+
+
+def _settled(loaded: LoadedPlan, env: Environment, item: _Item, loc: tuple[str | int, ...]) -> _Item:
+    """`item` with its become resolved against the environment's: true means through sudo as `become_user`."""
+    on_host = item.runs_on_host if isinstance(item, Check) else item.upload is None
+    become = item.become if item.become is not None else env.become and on_host
+    if item.become_user is not None and not become:
+        raise loaded.error((*loc, "become_user"), "become_user needs 'become: true' (here or on the environment)")
+    user = (item.become_user or env.become_user) if become else None
+    # Unchanged items stay the same objects: hosts share them, and HTTP checks keep one client per object.
+    if bool(item.become) == become and item.become_user == user:
+        return item
+    return item.model_copy(update={"become": become, "become_user": user})
+
+
+def _settle_step(loaded: LoadedPlan, env: Environment, step: Step, i: int) -> Step:
+    """A step with its become, and its verify checks' become, decided."""
+    verify = [_settled(loaded, env, c, ("steps", i, "verify", j)) for j, c in enumerate(step.verify)]
+    if any(a is not b for a, b in zip(verify, step.verify, strict=True)):
+        step = step.model_copy(update={"verify": verify})
+    return _settled(loaded, env, step, ("steps", i))
+
+
+def _settle_become(
+    loaded: LoadedPlan, env: Environment, steps: list[Step], prechecks: list[Check], guards: list[Guard]
+) -> tuple[list[Step], list[Check], list[Guard]]:
+    """Every step and check of a host with its become decided (theirs, else the environment's)."""
+    return (
+        [_settle_step(loaded, env, s, i) for i, s in enumerate(steps)],
+        [_settled(loaded, env, c, ("prechecks", i)) for i, c in enumerate(prechecks)],
+        [_settled(loaded, env, g, ("guards", i)) for i, g in enumerate(guards)],
+    )
+
+
+def _become_password(loaded: LoadedPlan, env_name: str, variables: Variables) -> str | None:
+    """The sudo password for one host: only ever the value of a secret variable."""
+    template = loaded.plan.environments[env_name].become_password
+    match = BECOME_PASSWORD.fullmatch(template) if template is not None else None
+    if match is None:
+        return None
+    loc = ("environments", env_name, "become_password")
+    name = match.group(1)
+    if name not in variables.values:
+        raise loaded.error(loc, f"become_password names the variable '{name}', which is not defined")
+    if name not in variables.secrets:
+        raise loaded.error(
+            loc,
+            f"become_password must come from a secret variable: '{name}' is not secret (declare it with secret: true or env:)",
+        )
+    return str(variables.values[name])
+
+
 def compute_waves(
     hosts: list[str], groups: Mapping[str, list[str]], sizes: list[int | Percent | str]
 ) -> tuple[list[WavePlan], list[str]]:
@@ -199,14 +263,22 @@ def prepare_schedule(
             budget=budget,
         )
         secrets.update(str(variables.values[name]) for name in variables.secrets if str(variables.values[name]))
+        steps, prechecks, guards = _settle_become(
+            loaded,
+            env,
+            rendered("steps", tuple(plan.steps), variables, host_name),  # type: ignore[arg-type]
+            rendered("prechecks", tuple(plan.prechecks), variables, host_name),  # type: ignore[arg-type]
+            rendered("guards", tuple(plan.guards), variables, host_name),  # type: ignore[arg-type]
+        )
         hosts[host_name] = HostPlan(
             name=host_name,
             target=_target(loaded, env_name, host_name, variables),
-            prechecks=tuple(rendered("prechecks", tuple(plan.prechecks), variables, host_name)),  # type: ignore[arg-type]
-            guards=tuple(rendered("guards", tuple(plan.guards), variables, host_name)),  # type: ignore[arg-type]
-            steps=tuple(rendered("steps", tuple(plan.steps), variables, host_name)),  # type: ignore[arg-type]
+            prechecks=tuple(prechecks),
+            guards=tuple(guards),
+            steps=tuple(steps),
             variables=variables,
             parity=tuple(rendered("parity", tuple(plan.parity), variables, host_name)),  # type: ignore[arg-type]
+            become_password=_become_password(loaded, env_name, variables),
         )
         check_upload_sources(loaded, hosts[host_name].steps, variables.values, env_name=env_name, host_name=host_name)
     env_vars = host_variables(

@@ -22,7 +22,7 @@ from rollout.checks import (
     evaluate_tcp,
 )
 from rollout.errors import ExecutorError, MetadataError, RolloutError
-from rollout.executors.base import Executor
+from rollout.executors.base import Become, Executor, become_arg
 from rollout.model import Check, DocumentSource, MetadataCheck, TcpCheck
 from rollout.units import Percent
 
@@ -50,8 +50,11 @@ class CheckRunner:
         stop: threading.Event | None = None,
         abort: threading.Event | None = None,
         env: Mapping[str, str] | None = None,
+        passwords: Mapping[str, str | None] | None = None,
     ) -> None:
         self.plan_dir = plan_dir
+        # host -> the login user's sudo password, for checks with become (secret: never logged).
+        self._passwords = dict(passwords or {})
         self.stop = stop or threading.Event()
         self.abort = abort or threading.Event()
         # Given to every check command: the run's marker, so `recover` can find what a dead run left running.
@@ -121,10 +124,18 @@ class CheckRunner:
         except RolloutError as exc:
             return Verdict(False, str(exc), {"error": str(exc)})
 
+    def become(self, check: Check, executor: Executor) -> Become | None:
+        """How the check's commands run on the executor's host: through sudo when it says become."""
+        if not check.become:
+            return None
+        return Become(check.become_user or "root", self._passwords.get(executor.target.name))
+
     def _ask(self, check: Check, executor: Executor, interrupted: Callable[[], bool]) -> Verdict:
         """One attempt of whichever kind the check is; failures to ask raise."""
         if check.command is not None:
-            result = executor.run(check.command.run, timeout=check.timeout, env=self.env)
+            result = executor.run(
+                check.command.run, timeout=check.timeout, env=self.env, **become_arg(self.become(check, executor))
+            )
             return evaluate_command(check.command, result)
         if check.http is not None:
             h = check.http
@@ -135,7 +146,7 @@ class CheckRunner:
         if check.tcp is not None:
             return _tcp(check.tcp, check.timeout)
         assert check.metadata is not None
-        return self._metadata(check.metadata, executor, check.timeout)
+        return self._metadata(check.metadata, executor, check.timeout, self.become(check, executor))
 
     @staticmethod
     def on_loop(check: Check) -> bool:
@@ -159,7 +170,9 @@ class CheckRunner:
 
     # --- metadata ----------------------------------------------------------------
 
-    def fetch(self, source: DocumentSource, executor: Executor, timeout: float) -> tuple[bytes, str]:
+    def fetch(
+        self, source: DocumentSource, executor: Executor, timeout: float, become: Become | None = None
+    ) -> tuple[bytes, str]:
         """The bytes of a document and a name for messages."""
         if source.file is not None:
             path = Path(source.file)
@@ -174,7 +187,7 @@ class CheckRunner:
             name = f"{executor.target.name}:{source.host_file}"
             return executor.read_file(source.host_file), name
         if source.command is not None:
-            result = executor.run(source.command, timeout=timeout, env=self.env)
+            result = executor.run(source.command, timeout=timeout, env=self.env, **become_arg(become))
             name = f"{executor.target.name}: `{source.command}`"
             if not result.ok:
                 raise MetadataError(f"{name} exited {result.exit_code}: {result.tail('stderr', 3)}")
@@ -185,18 +198,20 @@ class CheckRunner:
             raise MetadataError(f"{source.url}: {obs.error or f'status {obs.status}'}")
         return obs.body.encode("utf-8"), source.url
 
-    def _document(self, source: DocumentSource, executor: Executor, timeout: float) -> tuple[Any, str]:
+    def _document(
+        self, source: DocumentSource, executor: Executor, timeout: float, become: Become | None = None
+    ) -> tuple[Any, str]:
         from rollout.checks import metadata as md
 
-        data, name = self.fetch(source, executor, timeout)
+        data, name = self.fetch(source, executor, timeout, become)
         return md.parse_document(data, fmt=source.format, name=name), name
 
-    def _metadata(self, spec: MetadataCheck, executor: Executor, timeout: float) -> Verdict:
+    def _metadata(self, spec: MetadataCheck, executor: Executor, timeout: float, become: Become | None) -> Verdict:
         from rollout.checks import metadata as md
 
-        doc, name = self._document(spec.source, executor, timeout)
+        doc, name = self._document(spec.source, executor, timeout, become)
         if spec.equals is not None:
-            intended, intended_name = self._document(spec.equals, executor, timeout)
+            intended, intended_name = self._document(spec.equals, executor, timeout, become)
             rb = md.read_back(intended, doc)
             observed: dict[str, Any] = {
                 "document": name,
@@ -219,7 +234,7 @@ class CheckRunner:
             schema = schema_doc
         baseline = None
         if spec.baseline is not None:
-            baseline, _ = self._document(spec.baseline, executor, timeout)
+            baseline, _ = self._document(spec.baseline, executor, timeout, become)
         report = md.validate_document(
             doc,
             name=name,

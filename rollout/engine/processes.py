@@ -11,7 +11,10 @@ Recover scans /proc/*/environ on each affected host (as the same user, through t
 executor, so one shell snippet serves local and SSH hosts alike) for processes of the
 dead run that belong to a command still in doubt (intent journaled, no result) or to a
 check; it ends their process groups (SIGTERM, a bounded grace, SIGKILL), scans again for
-anything that escaped meanwhile, and journals what it found and ended.
+anything that escaped meanwhile, and journals what it found and ended. Commands the plan
+runs through sudo (become) run as another user, whose environ and processes the login
+user can neither read nor signal: for each become user of the host's steps and checks,
+the same scan and kill run again through the same sudo.
 
 This module never signals a process on the journal's word alone: a process is ended
 only when its own environment carries the dead run's marker (a journaled group id may
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from rollout.errors import ExecutorError
 from rollout.event import Event, EventKind
-from rollout.executors.base import Executor
+from rollout.executors.base import Become, Executor, become_arg
 
 if TYPE_CHECKING:
     from rollout.engine.apply import Engine
@@ -176,10 +179,11 @@ class _MachineReport:
     survivors: list[FoundProcess]
     error: str | None = None
     journaled_only: list[int] | None = None  # no /proc: the journaled groups that were signalled
+    become_user: str | None = None  # the scan and kill ran through sudo as this user
 
 
-def _run(ex: Executor, script: str, timeout: float) -> str:
-    result = ex.run(script, timeout=timeout)
+def _run(ex: Executor, script: str, timeout: float, become: Become | None = None) -> str:
+    result = ex.run(script, timeout=timeout, **become_arg(become))
     if not result.ok:
         why = "timed out" if result.timed_out else f"exited {result.exit_code}"
         raise ExecutorError(f"{why}: {result.tail('stderr', 3)}", host=ex.target.name)
@@ -194,18 +198,19 @@ def _settle_machine(
     *,
     grace: float,
     local: bool,
+    become: Become | None = None,
 ) -> _MachineReport:
     """Scan, end, scan again: until nothing of the dead run is left or the rounds run out."""
-    report = _MachineReport(hosts, [], [])
+    report = _MachineReport(hosts, [], [], become_user=become.user if become is not None else None)
     # Never our own group: recover could have been started by something the run marked.
     protected = {os.getpgrp()} if local else set()
     try:
         for _ in range(ROUNDS):
-            found = parse_scan(_run(ex, scan_script(run_id), _SCAN_TIMEOUT))
+            found = parse_scan(_run(ex, scan_script(run_id), _SCAN_TIMEOUT, become))
             if found is None:
                 pgids = sorted({c.pgid for c in doubt.values() if c.host in hosts and c.pgid and c.pgid > 1})
                 if pgids:
-                    _run(ex, end_script(pgids, [], grace), grace + _SCAN_TIMEOUT)
+                    _run(ex, end_script(pgids, [], grace), grace + _SCAN_TIMEOUT, become)
                 report.journaled_only = pgids
                 return report
             targets = [p for p in select_processes(found, run_id, doubt) if p.pid != os.getpid() or not local]
@@ -216,8 +221,8 @@ def _settle_machine(
             report.ended.extend(p for p in targets if p.pid not in seen)
             report.survivors = targets
             groups = sorted({p.pgid for p in targets if p.pgid > 1 and p.pgid not in protected})
-            _run(ex, end_script(groups, [p.pid for p in targets], grace), grace + _SCAN_TIMEOUT)
-        found = parse_scan(_run(ex, scan_script(run_id), _SCAN_TIMEOUT)) or []
+            _run(ex, end_script(groups, [p.pid for p in targets], grace), grace + _SCAN_TIMEOUT, become)
+        found = parse_scan(_run(ex, scan_script(run_id), _SCAN_TIMEOUT, become)) or []
         report.survivors = select_processes(found, run_id, doubt)
     except (ExecutorError, ValueError) as exc:
         report.error = str(exc)
@@ -254,22 +259,29 @@ def end_dead_run_processes(engine: Engine, events: Sequence[Event], *, grace: fl
     if not machines:
         return
 
-    def settle(item: tuple[tuple[object, ...], list[str]]) -> _MachineReport:
+    def settle(item: tuple[tuple[object, ...], list[str]]) -> list[_MachineReport]:
         key, hosts = item
         try:
             ex = engine.executor(hosts[0])
         except ExecutorError as exc:
-            return _MachineReport(hosts, [], [], error=str(exc))
-        return _settle_machine(ex, hosts, run_id, doubt, grace=grace, local=key == ("local",))
+            return [_MachineReport(hosts, [], [], error=str(exc))]
+        first = schedule.hosts[hosts[0]]
+        users = dict.fromkeys(u for h in hosts for u in schedule.hosts[h].become_users())
+        # As the login user first, then as each become user through sudo: each sees and ends its own.
+        identities = [None, *(Become(user, first.become_password) for user in users)]
+        return [
+            _settle_machine(ex, hosts, run_id, doubt, grace=grace, local=key == ("local",), become=become)
+            for become in identities
+        ]
 
     with ThreadPoolExecutor(max_workers=min(len(machines), 16), thread_name_prefix="scan") as pool:
-        reports = list(pool.map(settle, machines.items()))
+        reports = [r for found in pool.map(settle, machines.items()) for r in found]
     for report in reports:
         _journal(engine, report, doubt)
 
 
 def _journal(engine: Engine, report: _MachineReport, doubt: Mapping[str, InDoubtCommand]) -> None:
-    where = ", ".join(report.hosts)
+    where = ", ".join(report.hosts) + (f" (through sudo as {report.become_user})" if report.become_user else "")
     if report.error is not None:
         outcome = "failed"
         summary = f"could not look for the dead run's processes on {where}: {report.error}"
@@ -296,6 +308,7 @@ def _journal(engine: Engine, report: _MachineReport, doubt: Mapping[str, InDoubt
             data={
                 "hosts": report.hosts,
                 "summary": summary,
+                **({"become_user": report.become_user} if report.become_user else {}),
                 "ended": [_describe(p, doubt) for p in report.ended],
                 "survivors": [_describe(p, doubt) for p in report.survivors],
                 "in_doubt": [

@@ -235,6 +235,7 @@ class RollbackMixin(EngineCore):
                 continue
             timeout = step.rollback_timeout or step.timeout
             token = new_token()
+            become = None if step.restores_upload else self.become_for(host_name, step)
             self._emit(
                 Event(
                     EventKind.ROLLBACK_INTENT,
@@ -247,6 +248,7 @@ class RollbackMixin(EngineCore):
                         "reason": reason,
                         "state": item.state,
                         "attempt_id": token,
+                        **({"become_user": become.user} if become is not None else {}),
                     },
                 ),
                 sync=True,
@@ -260,7 +262,8 @@ class RollbackMixin(EngineCore):
                         step.rollback,
                         timeout,
                         env=command_env(self.schedule.run_id, token),
-                        on_start=self._record_process(item.wave, host_name, step.name, "rollback", token),
+                        on_start=self._record_process(item.wave, host_name, step.name, "rollback", token, become),
+                        become=become,
                     )
             except Exception as exc:  # rollout's own failure must not leave the host half undone silently
                 result = CommandResult(host_name, step.rollback, None, "", f"internal error: {exc!r}", 0.0)

@@ -21,7 +21,7 @@ from rollout.engine.processes import command_env, new_token
 from rollout.engine.uploads import upload_key, upload_step
 from rollout.errors import ConnectError, ExecutorError
 from rollout.event import Event, EventKind
-from rollout.executors.base import CommandResult, Executor
+from rollout.executors.base import CommandResult, Executor, become_arg
 from rollout.model import Step
 from rollout.units import format_duration
 
@@ -72,6 +72,7 @@ class StepsMixin(EngineCore):
         """One attempt: intent, command, result line. None when the abort refused the intent."""
         step = applied.step
         token = new_token()
+        become = self.become_for(host.name, step)
         intent = Event(
             EventKind.STEP_INTENT,
             wave=wave,
@@ -84,6 +85,7 @@ class StepsMixin(EngineCore):
                 "timeout": format_duration(step.timeout),
                 "index": applied.index,
                 "attempt_id": token,
+                **({"become_user": become.user} if become is not None else {}),
             },
         )
         if not self._emit_intent(intent):
@@ -105,7 +107,8 @@ class StepsMixin(EngineCore):
                     step.run,
                     timeout=step.timeout,
                     env=command_env(self.schedule.run_id, token),
-                    on_start=self._record_process(wave, host.name, step.name, "step", token),
+                    on_start=self._record_process(wave, host.name, step.name, "step", token, become),
+                    **become_arg(become),
                 )
         except ConnectError as exc:
             if attempt == 1:

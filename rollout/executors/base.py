@@ -6,9 +6,10 @@ so the engine and the checks can depend on it without pulling in any I/O library
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypedDict, runtime_checkable
 
 #: Default cap on each captured stream: enough for a useful tail, bounded for 1000 hosts.
 DEFAULT_OUTPUT_CAP = 64 * 1024
@@ -53,6 +54,53 @@ class Target:
         """`address:port` as an operator would type it."""
         address = f"[{self.address}]" if ":" in self.address else self.address
         return f"{address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Become:
+    """Run a command through sudo as `user`; with a password, sudo reads it from stdin (never argv)."""
+
+    user: str = "root"
+    # Kept out of repr: an exception or a log line that prints a Become must not print the password.
+    password: str | None = field(default=None, repr=False)
+
+    def argv(self) -> list[str]:
+        """The sudo prefix: `-n` never prompts; `-S -p ''` reads the password as stdin's first line.
+
+        `-k` makes sudo ignore (and not refresh) a cached credential, so it always reads that
+        first line: a cached credential would otherwise hand the password to the command's stdin.
+        """
+        if self.password is None:
+            return ["sudo", "-n", "-u", self.user, "--"]
+        return ["sudo", "-k", "-S", "-p", "", "-u", self.user, "--"]
+
+    def stdin(self, data: bytes | None) -> bytes | None:
+        """What the command's stdin becomes: the password line first, when there is one."""
+        if self.password is None:
+            return data
+        return self.password.encode("utf-8") + b"\n" + (data or b"")
+
+    def command(self, command: str, env: Mapping[str, str]) -> list[str]:
+        """argv of `command` under sudo; `env` is exported inside (sudo's env_reset would drop it)."""
+        if env:
+            exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in env.items())
+            command = f"{exports}exec /bin/sh -c {shlex.quote(command)}"
+        return [*self.argv(), "/bin/sh", "-c", command]
+
+    def shell(self, command: str, env: Mapping[str, str]) -> str:
+        """The same as one shell command line, for a remote shell."""
+        return " ".join(shlex.quote(arg) for arg in self.command(command, env))
+
+
+class BecomeArg(TypedDict, total=False):
+    """The `become=` keyword of Executor.run, present only when set."""
+
+    become: Become
+
+
+def become_arg(become: Become | None) -> BecomeArg:
+    """`become=` for Executor.run only when set, so executors that predate it keep working for plain commands."""
+    return {"become": become} if become is not None else {}
 
 
 @dataclass(frozen=True)
@@ -120,11 +168,14 @@ class Executor(Protocol):
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         on_start: OnStart | None = None,
+        become: Become | None = None,
     ) -> CommandResult:
         """Run `command` with /bin/sh on the target and wait for it (or the timeout).
 
         Everything the command starts in its process group ends when run() returns,
         whatever the reason. `on_start` learns that group's id as soon as it exists.
+        With `become`, the command runs through sudo as that user, and the kills that end
+        its group go through the same sudo (the group is not the login user's to signal).
         """
         ...
 

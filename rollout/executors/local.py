@@ -29,6 +29,7 @@ from rollout.executors.base import (
     DEFAULT_OUTPUT_CAP,
     DEFAULT_READ_LIMIT,
     KILL_GRACE,
+    Become,
     CommandResult,
     OnStart,
     OutputTail,
@@ -55,24 +56,43 @@ def _leader_exited(pid: int) -> bool:
     return info is not None
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+#: How long a kill sent through sudo may take (sudo itself, then kill(1)).
+_SUDO_KILL_TIMEOUT = 10.0
+
+
+def _signal_group(pgid: int, sig: signal.Signals, become: Become | None = None) -> None:
+    """Signal a process group; one started through sudo, as the same sudo unless we are root."""
+    if become is not None and os.geteuid() != 0:
+        # sudo (root) and the command (become.user) are not ours to signal: ask the same sudo.
+        # Its password, if any, goes on stdin; a failure leaves the group to the next kill.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                become.command(f"kill -{sig.name[3:]} -{pgid} 2>/dev/null; exit 0", {}),
+                input=become.stdin(None),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=_SUDO_KILL_TIMEOUT,
+                check=False,
+                start_new_session=True,
+            )
+        return
     # ESRCH (group already gone) and EPERM (a member changed uid) are both "nothing to do".
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], become: Become | None = None) -> None:
     """SIGTERM the command's process group, give it a short grace, then SIGKILL it.
 
     Must be called while the leader is not yet reaped: its pid is then still reserved,
     so the group id cannot have been reused by an unrelated process.
     """
-    _signal_group(proc.pid, signal.SIGTERM)
+    _signal_group(proc.pid, signal.SIGTERM, become)
     deadline = time.monotonic() + KILL_GRACE
     while time.monotonic() < deadline and not _leader_exited(proc.pid):
         time.sleep(0.005)
     # Unconditional: children that outlived the shell must not outlive the step.
-    _signal_group(proc.pid, signal.SIGKILL)
+    _signal_group(proc.pid, signal.SIGKILL, become)
 
 
 class _LocalProcess(Process):
@@ -86,9 +106,11 @@ class _LocalProcess(Process):
         output_cap: int,
         on_start: OnStart | None,
         forget: Callable[[_LocalProcess], None],
+        become: Become | None = None,
     ) -> None:
         super().__init__(output_cap)
         self.proc = proc
+        self.become = become
         self._on_start = on_start
         self._forget = forget
         self._poller = select.poll()
@@ -162,7 +184,7 @@ class _LocalProcess(Process):
 
     def kill(self) -> None:
         """TERM, grace, KILL the command's group; the shell is then as good as gone."""
-        _kill_group(self.proc)
+        _kill_group(self.proc, self.become)
         self._exited = True
 
     def poll_interval(self) -> float | None:
@@ -192,7 +214,7 @@ class _LocalProcess(Process):
         # On every exit, normal or not: what the command left in its group (background
         # children) must not outlive the step. The leader is still unreaped here, so
         # its pid, and with it the group id, cannot belong to anyone else yet.
-        _kill_group(self.proc)
+        _kill_group(self.proc, self.become)
         self.proc.wait()
 
 
@@ -250,9 +272,13 @@ class LocalExecutor:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         on_start: OnStart | None = None,
+        become: Become | None = None,
     ) -> CommandResult:
-        """Run `command` with /bin/sh and wait for it, the timeout, or a cancel."""
+        """Run `command` with /bin/sh (through sudo with `become`) and wait for it, the timeout, or a cancel."""
         extra = validate_env(env)
+        argv = ["/bin/sh", "-c", command] if become is None else become.command(command, extra)
+        if become is not None:
+            stdin = become.stdin(stdin)
         started = time.monotonic()
         # Spawn and register under the lock: a cancel() that comes once the command has
         # started doing things (a loaded machine may run it long before this thread is
@@ -260,14 +286,16 @@ class LocalExecutor:
         with self._lock:
             with translate(SPAWN_FAULTS, host=self.target.name):
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", command],
+                    argv,
                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     env={**os.environ, **extra} if extra else None,
                     start_new_session=True,
                 )
-            entry = _LocalProcess(proc, stdin=stdin, output_cap=self.output_cap, on_start=on_start, forget=self._forget)
+            entry = _LocalProcess(
+                proc, stdin=stdin, output_cap=self.output_cap, on_start=on_start, forget=self._forget, become=become
+            )
             self._in_flight.add(entry)
         return run_process(entry, host=self.target.name, command=command, timeout=timeout, started=started)
 
@@ -346,13 +374,13 @@ class LocalExecutor:
             entries = list(self._in_flight)
             for entry in entries:
                 entry.cancelled = True
-                _signal_group(entry.proc.pid, signal.SIGTERM)
+                _signal_group(entry.proc.pid, signal.SIGTERM, entry.become)
             deadline = time.monotonic() + KILL_GRACE
             while time.monotonic() < deadline and not all(_leader_exited(e.proc.pid) for e in entries):
                 time.sleep(0.005)
             # Still under the lock: no run() can reap a leader (and free its pid) here.
             for entry in entries:
-                _signal_group(entry.proc.pid, signal.SIGKILL)
+                _signal_group(entry.proc.pid, signal.SIGKILL, entry.become)
 
     def close(self) -> None:
         """Kill what is still running; idempotent, and later runs still work."""

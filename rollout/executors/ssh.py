@@ -28,6 +28,7 @@ from rollout.executors.base import (
     DEFAULT_OUTPUT_CAP,
     DEFAULT_READ_LIMIT,
     KILL_GRACE,
+    Become,
     CommandResult,
     OnStart,
     Target,
@@ -38,7 +39,7 @@ from rollout.executors.base import (
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
 from rollout.executors.runner import run_process
 from rollout.executors.ssh_connect import Route, connect
-from rollout.executors.ssh_process import RemoteProcess, kill_runs, kill_script, wrap
+from rollout.executors.ssh_process import RemoteProcess, controlled, kill_runs, kill_script, wrap
 
 _SFTP_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError)
 
@@ -71,8 +72,9 @@ class SshExecutor:
         self._lock = threading.Lock()
         self._in_flight: set[RemoteProcess] = set()
         # Process groups of commands whose connection dropped: they may still run, and
-        # are killed on the next connection before anything else runs there.
-        self._orphans: set[int] = set()
+        # are killed on the next connection before anything else runs there (through the
+        # sudo that started them, if one did).
+        self._orphans: dict[int, Become | None] = {}
 
     # -- connection ---------------------------------------------------------------------
 
@@ -104,24 +106,20 @@ class SshExecutor:
     def _end_orphans(self, client: paramiko.SSHClient) -> None:
         """Kill the process groups of commands cut off by a dropped connection; raise if we cannot."""
         with self._lock:
-            pgids = sorted(self._orphans)
-        if not pgids:
+            orphans = dict(self._orphans)
+        if not orphans:
             return
+        by_become: dict[Become | None, list[int]] = {}
+        for pgid, become in sorted(orphans.items()):
+            by_become.setdefault(become, []).append(pgid)
+        pgids = sorted(orphans)
         transport = client.get_transport()
-        try:
-            assert transport is not None
-            channel = transport.open_session(timeout=self.target.connect_timeout)
-            try:
-                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
-                channel.exec_command(kill_script(pgids))
-                status = channel.recv_exit_status()
-            finally:
-                channel.close()
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            status = -1
-            detail = f": {exc}"
-        else:
-            detail = f" (exit {status})"
+        status = 0
+        detail = ""
+        for become, groups in by_become.items():
+            status, detail = self._kill_on(transport, groups, become)
+            if status != 0:
+                break
         if status != 0:
             # Nothing may run on this host while the cut-off command might still be running.
             raise ConnectError(
@@ -130,7 +128,29 @@ class SshExecutor:
                 host=self.target.name,
             )
         with self._lock:
-            self._orphans.difference_update(pgids)
+            for pgid in pgids:
+                self._orphans.pop(pgid, None)
+
+    def _kill_on(
+        self, transport: paramiko.Transport | None, pgids: list[int], become: Become | None
+    ) -> tuple[int, str]:
+        """Run the kill script for `pgids` on a fresh channel of `transport`: its exit status and why."""
+        script, stdin = controlled(kill_script(pgids), become)
+        try:
+            assert transport is not None
+            channel = transport.open_session(timeout=self.target.connect_timeout)
+            try:
+                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
+                channel.exec_command(script)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+                status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            return -1, f": {exc}"
+        return status, f" (exit {status})"
 
     def _disconnect(self) -> None:
         if self._client is not None:
@@ -159,9 +179,12 @@ class SshExecutor:
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         on_start: OnStart | None = None,
+        become: Become | None = None,
     ) -> CommandResult:
-        """Run `command` with /bin/sh on the host and wait for it, the timeout, or a cancel."""
-        wrapped = wrap(command, validate_env(env))
+        """Run `command` with /bin/sh on the host (through sudo with `become`) and wait for it, the timeout, or a cancel."""
+        wrapped = wrap(command, validate_env(env), become)
+        if become is not None:
+            stdin = become.stdin(stdin)
         started = time.monotonic()
         entry = RemoteProcess(
             self._open_channel(),
@@ -173,6 +196,7 @@ class SshExecutor:
             control=self._control,
             orphan=self._add_orphan,
             forget=self._forget,
+            become=become,
         )
         with self._lock:
             self._in_flight.add(entry)
@@ -182,17 +206,21 @@ class SshExecutor:
         with self._lock:
             self._in_flight.discard(entry)
 
-    def _add_orphan(self, pgid: int) -> None:
+    def _add_orphan(self, pgid: int, become: Become | None) -> None:
         with self._lock:
-            self._orphans.add(pgid)
+            self._orphans[pgid] = become
 
-    def _control(self, script: str) -> bool:
-        """Run a kill script on a channel of its own and wait for it; False if the connection is gone."""
+    def _control(self, script: str, become: Become | None = None) -> bool:
+        """Run a kill script on a channel of its own (through sudo for `become`) and wait for it; False if the connection is gone."""
+        script, stdin = controlled(script, become)
         try:
             channel = self._open_channel()
             try:
                 channel.settimeout(KILL_GRACE + self.target.connect_timeout)
                 channel.exec_command(script)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
                 channel.recv_exit_status()
             finally:
                 channel.close()

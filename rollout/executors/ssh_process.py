@@ -7,6 +7,10 @@ timeout or cancel kills that group over a second channel (closing a channel alon
 leaves the remote processes running). When the command exits, what it left in that group
 is killed the same way. When the connection drops mid-command, the result says so
 (`connection_lost`) and the group is remembered, to be killed on reconnect.
+
+A command with `become` execs sudo in place of the login shell's /bin/sh: sudo and the
+command stay in that same process group, which then belongs to root (or the become user),
+so every kill of it runs through the same sudo, with the password (if any) on stdin.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from contextlib import contextmanager
 import paramiko
 
 from rollout.errors import ExecutorError
-from rollout.executors.base import KILL_GRACE, OnStart, Target
+from rollout.executors.base import KILL_GRACE, Become, OnStart, Target
 from rollout.executors.faults import FaultTable, translate
 from rollout.executors.runner import ConnectionLost, Process
 
@@ -42,15 +46,25 @@ COMMAND_FAULTS: FaultTable = {
     EOFError: (ExecutorError, "command failed on {endpoint}: {exc}"),
 }
 
-#: Runs a kill script on a channel of its own; False if the connection is gone.
-Control = Callable[[str], bool]
+#: Runs a kill script on a channel of its own (through sudo for a become command); False if the connection is gone.
+Control = Callable[[str, Become | None], bool]
 
 
-def wrap(command: str, env: Mapping[str, str]) -> str:
-    """The remote command line: report the process group, then exec /bin/sh -c COMMAND."""
+def wrap(command: str, env: Mapping[str, str], become: Become | None = None) -> str:
+    """The remote command line: report the process group, then exec /bin/sh -c COMMAND (through sudo)."""
+    if become is not None:
+        # The markers are exported inside sudo's shell: sudo's env_reset would drop them.
+        return f"echo $$; exec {become.shell(command, env)}"
     exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in env.items())
     # /bin/sh, not the login shell, so that commands mean the same as on local targets.
     return f"echo $$; {exports}exec /bin/sh -c {shlex.quote(command)}"
+
+
+def controlled(script: str, become: Become | None) -> tuple[str, bytes | None]:
+    """A control script as it runs on the host, and its stdin: through sudo for a become command's group."""
+    if become is None:
+        return script, None
+    return become.shell(script, {}), become.stdin(None)
 
 
 def kill_script(pgids: list[int]) -> str:
@@ -92,16 +106,16 @@ def transport_alive(channel: paramiko.Channel) -> bool:
 
 def kill_runs(entries: list[RemoteProcess], control: Control) -> None:
     """Kill the remote process groups (TERM, grace, KILL), then close their channels."""
-    pgids = []
+    pgids: dict[Become | None, list[int]] = {}
     for entry in entries:
         with entry.lock:
             if entry.pgid is not None and not entry.killed and entry.pgid > 1:
                 entry.killed = True
-                pgids.append(entry.pgid)
-    if pgids:
+                pgids.setdefault(entry.become, []).append(entry.pgid)
+    for become, groups in pgids.items():
         # If the connection is gone, so is any way to reach those processes. The result
         # still says timed_out/cancelled, which is what the caller acts on.
-        control(kill_script(pgids))
+        control(kill_script(groups), become)
     for entry in entries:
         if entry.killed:
             entry.channel.close()
@@ -120,11 +134,13 @@ class RemoteProcess(Process):
         output_cap: int,
         on_start: OnStart | None,
         control: Control,
-        orphan: Callable[[int], None],
+        orphan: Callable[[int, Become | None], None],
         forget: Callable[[RemoteProcess], None],
+        become: Become | None = None,
     ) -> None:
         super().__init__(output_cap)
         self.channel = channel
+        self.become = become
         self.pgid: int | None = None
         self.kill_requested_at: float | None = None  # timeout or cancel: kill once pgid is known
         self.killed = False
@@ -279,14 +295,14 @@ class RemoteProcess(Process):
             self.killed = True
         if pgid is not None:
             # if the connection is gone, the command itself completed, which is what it reports
-            self._control(leftovers_script(pgid))
+            self._control(leftovers_script(pgid), self.become)
 
     def _lost(self, why: str) -> str:
         """What a command cut off by a dropped connection reports; its group is killed on reconnect."""
         with self.lock:
             pgid = None if self.killed else self.pgid
         if pgid is not None and pgid > 1:
-            self._orphan(pgid)
+            self._orphan(pgid, self.become)
             fate = f"its remote process group {pgid} may still run and is killed on reconnect, before anything else"
         else:
             fate = "it may have started on the host, but its process group was not yet reported"

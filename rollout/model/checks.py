@@ -143,6 +143,10 @@ class Check(Model):
     timeout: ProbeDuration = 10.0
     retries: int = Field(default=0, ge=0, le=100)
     interval: Delay = 1.0
+    become: bool | None = Field(
+        default=None, description="run the command through sudo; default: the environment's 'become'"
+    )
+    become_user: str | None = Field(default=None, min_length=1, description="sudo -u USER (default root)")
 
     @model_validator(mode="before")
     @classmethod
@@ -159,7 +163,22 @@ class Check(Model):
             raise ValueError(f"a check needs exactly one of {', '.join(CHECK_KINDS)} (found {found})")
         if self.timeout <= 0:
             raise ValueError("a check's timeout must be above zero")
+        if (self.become or self.become_user) and not self.runs_on_host:
+            raise ValueError(
+                "become applies to commands on the host (a command check, a metadata command source): "
+                "http and tcp checks run from the orchestrator, and host_file is read over SFTP as the login user"
+            )
         return self
+
+    @property
+    def runs_on_host(self) -> bool:
+        """True when the check runs a command on the host (a command check, or a metadata command source)."""
+        if self.command is not None:
+            return True
+        return self.metadata is not None and any(
+            s is not None and s.command is not None
+            for s in (self.metadata.source, self.metadata.baseline, self.metadata.equals)
+        )
 
     @property
     def kind(self) -> str:

@@ -5,6 +5,7 @@ Pure data with validation, no I/O.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -85,6 +86,22 @@ class Environment(Model):
         default_factory=dict, description="declared parity facts for this environment"
     )
     hosts: dict[Name, Host | None]
+    become: bool = Field(default=False, description="run every step and check command through sudo")
+    become_user: str = Field(default="root", min_length=1, description="sudo -u USER for become")
+    become_password: str | None = Field(
+        default=None,
+        description="the login user's sudo password: '{{ NAME }}' of a secret variable; sent on stdin, never in argv",
+    )
+
+    @field_validator("become_password")
+    @classmethod
+    def _password_from_a_variable(cls, value: str | None) -> str | None:
+        if value is not None and not BECOME_PASSWORD.fullmatch(value):
+            raise ValueError(
+                "become_password must name a secret variable, like '{{ sudo_password }}': "
+                "a password written in the plan is no secret"
+            )
+        return value
 
     @field_validator("hosts")
     @classmethod
@@ -105,6 +122,9 @@ class Environment(Model):
                 out.setdefault(group, []).append(name)
         return out
 
+
+#: The only form a become_password may take: one variable, which must be secret.
+BECOME_PASSWORD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 PARITY_SOURCES = ("command", "http", "metadata")
 

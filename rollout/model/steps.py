@@ -60,6 +60,10 @@ class Step(Model):
     rollback_timeout: Duration | None = None
     retries: int = Field(default=0, ge=0, le=100)
     retry_delay: Delay = 1.0
+    become: bool | None = Field(
+        default=None, description="run (and roll back) through sudo; default: the environment's 'become'"
+    )
+    become_user: str | None = Field(default=None, min_length=1, description="sudo -u USER (default root)")
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +79,12 @@ class Step(Model):
         if isinstance(data, dict) and data.get("rollback") is None:
             return {**data, "rollback": "none"}
         return data
+
+    @model_validator(mode="after")
+    def _become_runs_commands(self) -> Step:
+        if self.upload is not None and (self.become or self.become_user):
+            raise ValueError("become applies to commands: an upload step writes over SFTP as the login user")
+        return self
 
     @property
     def irreversible(self) -> bool:
