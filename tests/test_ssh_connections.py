@@ -22,7 +22,9 @@ import pytest
 
 import rollout.executors.ssh as ssh_module
 from rollout.engine.apply import Engine
+from rollout.engine.connections import JOIN_MARGIN
 from rollout.engine.events import Bus
+from rollout.engine.outcomes import Cause
 from rollout.engine.prepare import prepare_schedule
 from rollout.event import Event, EventKind, Outcome
 from rollout.executors.base import Target
@@ -33,6 +35,7 @@ from tests.conftest_sshd import SshdServer
 HOSTS = [f"h{i}" for i in range(1, 7)]
 CONCURRENCY = 3
 DEADLINE = 30.0  # seconds any one wait in these tests may take before it fails the test
+CONNECT_TIMEOUT = 5  # the aliases' ConnectTimeout
 
 
 def _fleet_plan(tmp_path: Path, sshd: SshdServer, *, waves: str = "[2, 100%]") -> Path:
@@ -42,7 +45,7 @@ def _fleet_plan(tmp_path: Path, sshd: SshdServer, *, waves: str = "[2, 100%]") -
         "".join(
             f"Host {h}\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
             f"  IdentityFile {sshd.identity_file}\n  IdentitiesOnly yes\n  UserKnownHostsFile {sshd.known_hosts}\n"
-            "  ConnectTimeout 5\n"
+            f"  ConnectTimeout {CONNECT_TIMEOUT}\n"
             for h in HOSTS
         )
     )
@@ -59,8 +62,8 @@ def _fleet_plan(tmp_path: Path, sshd: SshdServer, *, waves: str = "[2, 100%]") -
         "    hosts: {" + ", ".join(f"{h}: {{}}" for h in HOSTS) + "}\n"
         f"strategy: {{waves: {waves}, concurrency: {CONCURRENCY}, bake: 1s}}\n"
         "steps:\n"
-        f"  - {{name: one, run: 'echo one >> {out}/{{{{ host }}}}', rollback: none}}\n"
-        f"  - {{name: two, run: 'echo two >> {out}/{{{{ host }}}}', rollback: none}}\n"
+        f"  - {{name: one, run: 'echo one >> {out}/{{{{ host }}}}', rollback: 'echo undo-one >> {out}/{{{{ host }}}}'}}\n"
+        f"  - {{name: two, run: 'echo two >> {out}/{{{{ host }}}}', rollback: 'echo undo-two >> {out}/{{{{ host }}}}'}}\n"
     )
     return plan
 
@@ -79,6 +82,7 @@ class Recorder:
         self.barrier = threading.Barrier(CONCURRENCY)
         self.barrier_broken = False
         self.on_event: dict[tuple[str, int | None], Any] = {}
+        self.on_reconnect: Any = None  # called before a connection is opened again
 
     def emit(self, event: Event, *, sync: bool) -> None:
         """The bus sink: log the event, then run the hook registered for it, if any."""
@@ -103,6 +107,8 @@ class Recorder:
                         self.barrier.wait(timeout=DEADLINE)
                     except threading.BrokenBarrierError:
                         self.barrier_broken = True
+                elif self.on_reconnect is not None:
+                    self.on_reconnect()
                 return real(target, known_hosts)
             finally:
                 with self.lock:
@@ -141,29 +147,28 @@ def test_every_waves_connections_open_in_parallel_bounded_by_concurrency_before_
     assert [(tmp_path / "out" / h).read_text() for h in HOSTS] == ["one\ntwo\n"] * len(HOSTS)
 
 
+def _drop(engine: Engine, hosts: tuple[str, ...]) -> None:
+    """Cut the hosts' kept connections, as a NAT or a restarted sshd would, and wait until the client knows."""
+    for host in hosts:
+        executor = engine.executor(host)
+        assert isinstance(executor, SshExecutor)
+        transport = executor._client.get_transport() if executor._client else None
+        assert transport is not None
+        assert transport.is_active()
+        assert executor._sock is not None
+        executor._sock.shutdown(socket.SHUT_RDWR)
+        transport.join(DEADLINE)  # its reader thread ends on the EOF: the drop is known
+        assert not transport.is_active()
+
+
 @pytest.mark.ssh
 def test_a_connection_dropped_during_the_bake_is_reopened_before_the_next_wave_starts(
     tmp_path: Path, sshd: SshdServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = Recorder()
     engine = _engine(tmp_path, sshd, recorder, monkeypatch)
-    wave2 = engine.schedule.waves[1].hosts
-    dropped = wave2[:2]
-
-    def drop() -> None:
-        # As a NAT or a restarted sshd would: the connection is gone, and the client notices.
-        for host in dropped:
-            executor = engine.executor(host)
-            assert isinstance(executor, SshExecutor)
-            transport = executor._client.get_transport() if executor._client else None
-            assert transport is not None
-            assert transport.is_active()
-            assert executor._sock is not None
-            executor._sock.shutdown(socket.SHUT_RDWR)
-            transport.join(DEADLINE)  # its reader thread ends on the EOF: the drop is known
-            assert not transport.is_active()
-
-    recorder.on_event[(EventKind.WAVE_END, 1)] = drop  # the bake starts when this event is out
+    dropped = engine.schedule.waves[1].hosts[:2]
+    recorder.on_event[(EventKind.WAVE_END, 1)] = lambda: _drop(engine, dropped)  # the bake starts after it
 
     result = engine.run()
 
@@ -173,6 +178,36 @@ def test_a_connection_dropped_during_the_bake_is_reopened_before_the_next_wave_s
     next_wave = recorder.position(EventKind.WAVE_START, 2)
     reconnected = [i for i, entry in enumerate(recorder.log) if entry[0] == "connected"][len(HOSTS) :]
     assert max(reconnected) < next_wave, "the next wave's first steps found their connections open"
+
+
+@pytest.mark.ssh
+def test_an_abort_during_the_bake_does_not_wait_for_a_reconnect_in_flight(
+    tmp_path: Path, sshd: SshdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder()
+    engine = _engine(tmp_path, sshd, recorder, monkeypatch)
+    dropped = engine.schedule.waves[1].hosts[:1]
+    recorder.on_event[(EventKind.WAVE_END, 1)] = lambda: _drop(engine, dropped)
+    rollback_started = threading.Event()
+    recorder.on_event[(EventKind.ROLLBACK_START, None)] = rollback_started.set
+    waited: list[bool] = []
+
+    def reconnect_hangs_until_the_rollback_starts() -> None:
+        engine.abort(Cause("interrupt", "interrupted during the bake"))
+        # A reconnect to an unreachable host can take its whole connect timeout; the
+        # rollback must not wait for it. Waiting here for less than the bake would wait for
+        # a reconnect (its connect timeout + JOIN_MARGIN) tells the two apart.
+        waited.append(rollback_started.wait(CONNECT_TIMEOUT + JOIN_MARGIN - 2))
+
+    recorder.on_reconnect = reconnect_hangs_until_the_rollback_starts
+
+    result = engine.run()
+
+    assert result.outcome == Outcome.INTERRUPTED, result
+    assert waited == [True], "the rollback waited for a reconnect the next wave would never use"
+    assert EventKind.WAVE_START not in [entry[1] for entry in recorder.log if entry[2] == 2]
+    wave1 = engine.schedule.waves[0].hosts
+    assert [(tmp_path / "out" / h).read_text() for h in wave1] == ["one\ntwo\nundo-two\nundo-one\n"] * len(wave1)
 
 
 def test_a_fleets_ssh_config_is_parsed_once_for_all_its_hosts(

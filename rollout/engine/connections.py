@@ -15,7 +15,9 @@ When connections open (the invariants tests/test_ssh_connections.py pins on a re
 Reopening is best effort and read-only: a host that cannot be reached now is left to its
 first step, which fails with the connection's own error exactly as it would have. The
 bake waits for reopenings in flight before the next wave starts (each is bounded by its
-connect timeout), so a step never races one, and none outlives the run's executors.
+connect timeout), so a step never races one; after an abort it does not wait (the
+rollback must start at once), and closing the executors waits for them instead, so none
+outlives the run's executors.
 """
 
 from __future__ import annotations
@@ -59,7 +61,19 @@ class ConnectionsMixin(EngineCore):
             yield
         finally:
             stop.set()  # reopenings not yet started are skipped; those in flight end by their timeout
-            worker.join(lead + JOIN_MARGIN)
+            if self._abort.is_set():
+                # The rollback must not wait for a connection the next wave will never use:
+                # close() waits for it instead, so none outlives the executors.
+                self._reopeners.append((worker, time.monotonic() + lead + JOIN_MARGIN))
+            else:
+                worker.join(lead + JOIN_MARGIN)
+
+    def close(self) -> None:
+        """Wait for reopenings still in flight (each bounded by its connect timeout), then close every executor."""
+        while self._reopeners:
+            worker, deadline = self._reopeners.pop()
+            worker.join(max(0.0, deadline - time.monotonic()))
+        super().close()
 
     def _reopen_dropped(self, hosts: list[str], start_at: float, stop: threading.Event) -> None:
         """From `start_at`, reopen the hosts' dropped connections, up to `concurrency` at once."""
