@@ -34,6 +34,7 @@ from rollout.errors import ExecutorError
 from rollout.executors.base import Reconnectable
 
 JOIN_MARGIN = 5.0  # beyond the longest connect timeout, how long the bake's end waits for reopenings
+JOIN_POLL = 0.05  # how soon that wait notices an abort
 
 
 class ConnectionsMixin(EngineCore):
@@ -61,12 +62,13 @@ class ConnectionsMixin(EngineCore):
             yield
         finally:
             stop.set()  # reopenings not yet started are skipped; those in flight end by their timeout
-            if self._abort.is_set():
+            deadline = time.monotonic() + lead + JOIN_MARGIN
+            while worker.is_alive() and not self._abort.is_set() and time.monotonic() < deadline:
+                worker.join(JOIN_POLL)
+            if worker.is_alive():
                 # The rollback must not wait for a connection the next wave will never use:
                 # close() waits for it instead, so none outlives the executors.
-                self._reopeners.append((worker, time.monotonic() + lead + JOIN_MARGIN))
-            else:
-                worker.join(lead + JOIN_MARGIN)
+                self._reopeners.append((worker, deadline))
 
     def close(self) -> None:
         """Wait for reopenings still in flight (each bounded by its connect timeout), then close every executor."""
