@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test check lint typecheck bench fuzz clean sshd-deps
+.PHONY: demo test check lint typecheck bench bench-peers fuzz clean sshd-deps
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,17 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# The tools the benches compare against, in a virtualenv of their own (git-ignored): they are
+# never dependencies of rollout, and the project's .venv stays free of them.
+PEERS := bench/.peers-venv
+bench-peers: $(PEERS)/.installed
+
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet ansible-core pyinfra
+	touch $@
 
 clean:
 	rm -rf $(VENV) .rollout .pytest_cache .mypy_cache .ruff_cache

@@ -37,7 +37,8 @@ hoping a thread notices (pool.py).
 
 The Engine is this run driver (the run from start to verdict, waves, the failure
 budget) over one part per concern: core.py (state, bus, the abort machinery), prechecks.py,
-steps.py (one step on one host), bake.py (bake and the success verdict), rollback.py,
+steps.py (one step on one host), bake.py (bake and the success verdict), connections.py
+(dropped connections reopened during a bake), rollback.py,
 rehearse.py (the rollback rehearsal's phases);
 pool.py runs host workers; outcomes.py holds the records the engine hands back.
 """
@@ -50,6 +51,7 @@ from typing import Any
 
 from rollout import __version__
 from rollout.engine.bake import BakeMixin
+from rollout.engine.connections import ConnectionsMixin
 from rollout.engine.core import RECOVERY_TIMEOUT_MIN
 from rollout.engine.outcomes import (
     OUTPUT_EXCERPT,
@@ -80,7 +82,7 @@ __all__ = [
 ]
 
 
-class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin):
+class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, ConnectionsMixin, RollbackMixin):
     """Executes a prepared schedule, or rolls back what a dead run left applied."""
 
     # --- the run ------------------------------------------------------------------
@@ -177,7 +179,8 @@ class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin
         Hosts in `skip` (put back after failing within budget) are left out.
         """
         last_change = self.guards.now()
-        for wave in self.schedule.waves:
+        waves = self.schedule.waves
+        for wave, following in zip(waves, [*waves[1:], None], strict=True):
             if self._abort.is_set():
                 break
             self._emit(
@@ -192,7 +195,10 @@ class Engine(RehearsalMixin, PrecheckMixin, StepsMixin, BakeMixin, RollbackMixin
                 break
             self._emit(Event(EventKind.WAVE_END, wave=wave.index, outcome="ok"))
             last_change = self.guards.now()
-            if not self._bake(wave.index, since=last_change):
+            ahead = tuple(h for h in following.hosts if h not in skip) if following else ()
+            with self.reopening_during_bake(ahead):
+                baked = self._bake(wave.index, since=last_change)
+            if not baked:
                 break
         return None if self._abort.is_set() else last_change
 

@@ -64,6 +64,8 @@ class EngineCore:
         self._executors: dict[str, Executor] = {}
         # Reentrant: interrupt() runs in a signal handler on the main thread, which may hold them.
         self._executors_lock = threading.RLock()
+        # Reopenings of dropped connections left running by an abort, with when to stop waiting (connections.py).
+        self._reopeners: list[tuple[threading.Thread, float]] = []
         self._abort = threading.Event()
         self._stop_probes = threading.Event()
         self._cause: Cause | None = None

@@ -209,6 +209,15 @@ class Executor(Protocol):
         ...
 
 
+@runtime_checkable
+class Reconnectable(Protocol):
+    """An executor with a kept connection that can be opened ahead of its next command (SSH)."""
+
+    def ensure_connected(self) -> None:
+        """Open the connection now if it is not open (never opened, or dropped); raise ConnectError if it cannot."""
+        ...
+
+
 class OutputTail:
     """Keeps the last `cap` bytes of a stream in bounded memory."""
 

@@ -103,6 +103,10 @@ class SshExecutor:
             assert transport is not None
             return transport
 
+    def ensure_connected(self) -> None:
+        """Open the connection now if it is not open (never opened, or dropped), as the next command would."""
+        self._transport()
+
     def _end_orphans(self, client: paramiko.SSHClient) -> None:
         """Kill the process groups of commands cut off by a dropped connection; raise if we cannot."""
         with self._lock:
