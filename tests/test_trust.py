@@ -336,3 +336,86 @@ def test_ctrl_c_ends_with_130_and_writes_nothing(
     assert proc.returncode == 130, out + err
     assert "interrupted: nothing was written" in err
     assert not known_hosts.exists()
+
+
+def test_an_alias_is_placed_by_the_ssh_config_and_its_key_goes_to_its_user_known_hosts_file(
+    tmp_path: Path, sshd: SshdServer, cli: Cli
+) -> None:
+    known_hosts = tmp_path / "from-config" / "known_hosts"
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host lab-1\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  IdentityFile {sshd.identity_file}\n  UserKnownHostsFile {known_hosts}\n"
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"name: alias-plan\nenvironments:\n  lab:\n    rehearsal: true\n    connection: ssh\n"
+        f"    ssh: {{ config: {config} }}\n    hosts:\n      lab-1: {{}}\n"
+        f"steps:\n  - name: touch\n    run: touch {tmp_path}/lab-1.done\n    rollback: rm -f {tmp_path}/lab-1.done\n"
+    )
+
+    result = cli("trust", "lab", "--plan", str(plan), "--yes")
+
+    assert result.code == 0, result.out + result.err
+    assert f"lab-1  {sshd.host}:{sshd.port}" in result.out
+    assert known_hosts.read_text() == _host_key_line(sshd) + "\n"
+    assert _run(cli, plan, tmp_path) == 0
+
+
+def _read(fd: int, deadline: float) -> bytes:
+    """What the terminal has next (b"" once it closed), waiting no later than `deadline`."""
+    import select
+
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    assert ready, "rollout trust said nothing before the deadline"
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: the terminal closed with the process
+        return b""
+
+
+def _on_a_terminal(plan: Path, answer: bytes) -> tuple[int, str]:
+    """Run `rollout trust` with a pseudo-terminal as stdin and stdout, answering its prompt with `answer`."""
+    import pty
+
+    deadline = time.monotonic() + 30
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollout", "trust", "lab", "--plan", str(plan)],
+        cwd=REPO,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        while b"[y/N]" not in seen:  # the prompt: answer only once it is asked
+            chunk = _read(leader, deadline)
+            assert chunk, seen
+            seen += chunk
+        os.write(leader, answer)
+        while chunk := _read(leader, deadline):
+            seen += chunk
+        code = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    return code, seen.decode(errors="replace")
+
+
+def test_on_a_terminal_new_keys_are_added_only_when_the_operator_says_yes(tmp_path: Path, sshd: SshdServer) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    plan = _plan(tmp_path, sshd, known_hosts)
+
+    declined, text = _on_a_terminal(plan, b"n\n")
+    assert declined == 3, text
+    assert _fingerprint(sshd) in text
+    assert "no key was added" in text
+    assert not known_hosts.exists()
+
+    accepted, text = _on_a_terminal(plan, b"y\n")
+    assert accepted == 0, text
+    assert known_hosts.read_text() == _host_key_line(sshd) + "\n"
