@@ -110,10 +110,11 @@ def fetch_host_key(target: Target, known_hosts: str, *, abort: threading.Event, 
     remaining = deadline - time.monotonic()
     if remaining <= 0 or abort.is_set():
         raise ConnectError(f"not reached: {_stop_reason(abort)}", host=target.name)
-    timeout = min(target.connect_timeout, remaining)
-    sock = _open_socket(replace(target, connect_timeout=timeout))
+    # the overall deadline may leave less than the host's own timeout; messages say what applied
+    bounded = replace(target, connect_timeout=min(target.connect_timeout, remaining))
+    sock = _open_socket(bounded)
     try:
-        offered = _exchange(target, sock, recorded, abort=abort, deadline=time.monotonic() + timeout)
+        offered = _exchange(bounded, sock, recorded, abort=abort, deadline=time.monotonic() + bounded.connect_timeout)
     finally:
         sock.close()
     return _verdict(offered, recorded)
