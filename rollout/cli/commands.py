@@ -10,4 +10,5 @@ from rollout.cli import (  # noqa: F401
     plan_cmds,
     report_cmds,
     run_cmds,
+    trust_cmds,
 )

@@ -29,6 +29,7 @@ COMMAND_MODULES = {
     "report": "report_cmds",
     "run": "run_cmds",
     "recover": "run_cmds",
+    "trust": "trust_cmds",
 }
 
 # Commands that read their input, answer and exit, in a time bounded by that input: the
