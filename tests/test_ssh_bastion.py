@@ -484,3 +484,33 @@ def test_plan_shows_the_jump_hosts_and_the_proxy_command(
 
     proxied = cli("plan", str(_plan(tmp_path, config, host_extra="proxy_command: nc %h %p")), "--env", "lab")
     assert f"via proxy command `nc 127.0.0.2 {inner.port}`" in " ".join(proxied.out.split())
+
+
+# --- trust through a bastion ----------------------------------------------------------------
+
+
+def test_trust_lists_the_jump_host_first_and_reaches_the_inner_host_through_it(
+    tmp_path: Path, servers: dict[str, SshdServer], cli: Cli
+) -> None:
+    """Invariant: trust reaches a host the way a run does, and never through a jump host it does not yet trust."""
+    known = tmp_path / "known_hosts_shared"
+    known.write_text("")
+    config = _config(tmp_path, servers, inner_known=str(known), jump_known=str(known))
+    plan = _plan(tmp_path, config)
+    trust = ("trust", "lab", "--plan", str(plan), "--yes")
+
+    first = cli(*trust)
+    out = " ".join((first.out + first.err).split())
+    assert first.code == 3, out  # the inner host cannot be reached through a jump host not yet trusted
+    jump_line, inner_line = (f"[{s.host}]:{s.port}" for s in (servers["jump"], servers["inner"]))
+    assert known.read_text().split()[0] == jump_line
+    assert inner_line not in known.read_text()
+    assert "not in" in out
+
+    second = cli(*trust)
+    assert second.code == 0, second.out + second.err
+    assert [line.split()[0] for line in known.read_text().splitlines()] == [jump_line, inner_line]
+
+    code, run_out = _run(cli, plan, tmp_path)
+    assert code == 0, run_out
+    assert (tmp_path / "first.done").exists()

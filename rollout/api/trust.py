@@ -107,7 +107,10 @@ def scan(
     from rollout.model import DEFAULT_CONCURRENCY
 
     planned = schedule(plan, env, overrides=overrides)
-    targets = {name: host.target for name, host in planned.hosts.items()}
+    hosts = {name: host.target for name, host in planned.hosts.items()}
+    # Jump hosts first: a host behind one is reached only once its jump hosts' keys are known.
+    jumps = {hop.name: hop for t in hosts.values() if t.connection == "ssh" for hop in t.jumps if hop.name not in hosts}
+    targets = {**jumps, **hosts}
     endpoints = {name: _endpoint(t) for name, t in targets.items() if t.connection == "ssh"}
     unique: dict[Endpoint, Target] = {}
     for name, endpoint in endpoints.items():

@@ -13,7 +13,6 @@ write and fsync, so a concurrent reader never sees half a line.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ import paramiko
 from rollout.errors import ConnectError, ExecutorError
 from rollout.executors.base import Target
 from rollout.executors.faults import FaultTable, translate
-from rollout.executors.ssh_connect import SOCKET_FAULTS
+from rollout.executors.ssh_connect import Stream, open_stream
 
 #: How soon a key exchange in progress notices an abort (paramiko itself polls at 0.1 s).
 POLL = 0.05
@@ -88,18 +87,6 @@ def load_known_hosts(path: str) -> paramiko.HostKeys:
     return keys
 
 
-def _open_socket(target: Target) -> socket.socket:
-    """A TCP connection to the target, within its connect timeout: the one place a stream is opened."""
-    with translate(
-        SOCKET_FAULTS,
-        host=target.name,
-        endpoint=target.endpoint,
-        address=target.address,
-        timeout=target.connect_timeout,
-    ):
-        return socket.create_connection((target.address, target.port), timeout=target.connect_timeout)
-
-
 def fetch_host_key(target: Target, known_hosts: str, *, abort: threading.Event, deadline: float) -> KeyVerdict:
     """The key `target` offers and its verdict against `known_hosts`; no authentication is attempted.
 
@@ -112,11 +99,13 @@ def fetch_host_key(target: Target, known_hosts: str, *, abort: threading.Event, 
         raise ConnectError(f"not reached: {_stop_reason(abort)}", host=target.name)
     # the overall deadline may leave less than the host's own timeout; messages say what applied
     bounded = replace(target, connect_timeout=min(target.connect_timeout, remaining))
-    sock = _open_socket(bounded)
+    # Through the host's jump hosts or proxy command, exactly as a run reaches it: each jump
+    # host's own key is checked against its known_hosts on the way, so trust jump hosts first.
+    stream, close = open_stream(bounded)
     try:
-        offered = _exchange(bounded, sock, recorded, abort=abort, deadline=time.monotonic() + bounded.connect_timeout)
+        offered = _exchange(bounded, stream, recorded, abort=abort, deadline=time.monotonic() + bounded.connect_timeout)
     finally:
-        sock.close()
+        close()
     return _verdict(offered, recorded)
 
 
@@ -126,7 +115,7 @@ def _stop_reason(abort: threading.Event) -> str:
 
 def _exchange(
     target: Target,
-    sock: socket.socket,
+    sock: Stream,
     recorded: Mapping[str, paramiko.PKey] | None,
     *,
     abort: threading.Event,
