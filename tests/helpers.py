@@ -280,13 +280,27 @@ def wait_for_event(
     timeout: float = 20,
     proc: subprocess.Popen[str] | None = None,
 ) -> dict[str, Any]:
-    """Poll the only run's journal until an event matches; fail on timeout or if `proc` exits."""
+    """Poll the only run's journal until an event matches; fail on timeout or if `proc` exits.
+
+    Each poll reads only what was appended since the last one: re-reading a journal of
+    thousands of events every 20 ms took a core from the very run being watched.
+    """
     deadline = time.monotonic() + timeout
+    offset, partial = 0, b""
     while time.monotonic() < deadline:
         runs = state / "runs"
         if runs.is_dir() and any(runs.iterdir()):
             with contextlib.suppress(FileNotFoundError, AssertionError):
-                for event in events(state):
+                with journal_path(state).open("rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                offset += len(chunk)
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
+                    try:
+                        event: dict[str, Any] = json.loads(line)
+                    except ValueError:
+                        continue
                     if predicate(event):
                         return event
         if proc is not None and proc.poll() is not None:
