@@ -514,3 +514,16 @@ def test_trust_lists_the_jump_host_first_and_reaches_the_inner_host_through_it(
     code, run_out = _run(cli, plan, tmp_path)
     assert code == 0, run_out
     assert (tmp_path / "first.done").exists()
+
+
+def test_the_pin_covers_the_jump_hosts(tmp_path: Path, servers: dict[str, SshdServer]) -> None:
+    """Invariant: a lock reviewed for one route does not admit a run over another bastion."""
+    from rollout.api import schedule
+    from rollout.api.pin import pin_of
+
+    plan = _plan(tmp_path, _config(tmp_path, servers))
+    through_one = pin_of(schedule(plan, "lab"), {})
+    direct = _plan(tmp_path, _config(tmp_path, servers), host_extra="proxy_jump: none")
+    assert pin_of(schedule(direct, "lab"), {}) != through_one
+    two_hops = _plan(tmp_path, _config(tmp_path, servers), host_extra="proxy_jump: 'jump,jump2'")
+    assert pin_of(schedule(two_hops, "lab"), {}) != through_one

@@ -32,6 +32,7 @@ from rollout.errors import Refused, UsageError
 if TYPE_CHECKING:
     from rollout.api.running import Prepared
     from rollout.engine.prepare import Schedule
+    from rollout.executors.base import Target
 
 LOCK_MARKER = "rollout-lock"
 LOCK_FORMAT = 1
@@ -185,9 +186,25 @@ def _inventory(schedule: Schedule) -> dict[str, Any]:
             "port": h.target.port,
             "user": h.target.user,
             "groups": list(env.host(name).groups),
+            **_route(h.target),
         }
         for name, h in schedule.hosts.items()
     }
+
+
+def _route(target: Target) -> dict[str, Any]:
+    """How a host is reached beyond its address: its jump hosts or proxy command (absent when direct).
+
+    Left out when there is none, so that a lock of a directly reached fleet keeps its digest.
+    """
+    route: dict[str, Any] = {}
+    if target.jumps:
+        route["via"] = [
+            {"name": hop.name, "address": hop.address, "port": hop.port, "user": hop.user} for hop in target.jumps
+        ]
+    if target.proxy_command:
+        route["proxy_command"] = target.proxy_command
+    return route
 
 
 def _variables(schedule: Schedule, overrides: Mapping[str, str]) -> dict[str, Any]:
