@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -123,6 +125,21 @@ def main(
     ] = False,
 ) -> None:
     """rollout: upgrade-safety rollout orchestrator."""
+
+
+@contextmanager
+def abort_on_interrupt(abort: threading.Event) -> Iterator[None]:
+    """While the block runs, Ctrl-C and SIGTERM set `abort` (the work ends at once, and says what it did not do)."""
+
+    def handler(signum: int, frame: object) -> None:
+        abort.set()  # an Event is safe to set from a signal handler
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextmanager

@@ -8,16 +8,13 @@ matches, 3 on drift or a fact that could not be gathered, 2 on usage or an inval
 from __future__ import annotations
 
 import json
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rollout.cli.app import VarOption, app, fail, parse_vars, terminal
+from rollout.cli.app import VarOption, abort_on_interrupt, app, fail, parse_vars, terminal
 from rollout.errors import ExitStatus, RolloutError
 
 if TYPE_CHECKING:
@@ -26,21 +23,6 @@ if TYPE_CHECKING:
     from rollout.api import ParityReport
 
 MAX_CELL = 80
-
-
-@contextmanager
-def _abort_on_interrupt(abort: threading.Event) -> Iterator[None]:
-    """Ctrl-C / SIGTERM set `abort`: the gathering ends at once and says what it did not get."""
-
-    def handler(signum: int, frame: object) -> None:
-        abort.set()  # an Event is safe to set from a signal handler
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _clip(text: str) -> str:
@@ -123,7 +105,7 @@ def parity(
 
     abort = threading.Event()
     try:
-        with _abort_on_interrupt(abort):
+        with abort_on_interrupt(abort):
             report = api.check_parity(plan, list(env or []), overrides=parse_vars(var), abort=abort)
     except RolloutError as exc:
         fail(exc)

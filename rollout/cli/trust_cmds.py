@@ -10,38 +10,20 @@ plan, 130 when interrupted (nothing written).
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rollout.cli.app import VarOption, app, fail, parse_vars, terminal
+from rollout.cli.app import VarOption, abort_on_interrupt, app, fail, parse_vars, terminal
 from rollout.errors import ExitStatus, RolloutError
 
 if TYPE_CHECKING:
     from rollout.api.trust import TrustRow, TrustScan
 
 SHOWN_STATE = {"known": "known", "new": "NEW", "changed": "CHANGED", "unreachable": "unreachable", "local": "local"}
-
-
-@contextmanager
-def _abort_on_interrupt(abort: threading.Event) -> Iterator[None]:
-    """Ctrl-C / SIGTERM while keys are fetched set `abort`: the scan ends at once and nothing is written."""
-
-    def handler(signum: int, frame: object) -> None:
-        abort.set()  # an Event is safe to set from a signal handler
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _state_cell(row: TrustRow) -> str:
@@ -135,7 +117,7 @@ def trust(
         raise typer.BadParameter(str(exc), param_hint="--timeout") from None
     abort = threading.Event()
     try:
-        with _abort_on_interrupt(abort):
+        with abort_on_interrupt(abort):
             result = api_trust.scan(plan, env, overrides=parse_vars(var), abort=abort, deadline=deadline)
     except RolloutError as exc:
         fail(exc)
