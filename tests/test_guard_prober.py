@@ -22,13 +22,16 @@ from pathlib import Path
 import pytest
 
 from rollout.engine.events import Bus
-from rollout.engine.guards import GREEN, GuardMonitor
+from rollout.engine.guards import GREEN, PROCESS_MIN_SLOTS, GuardMonitor
 from rollout.engine.probe import CheckRunner
 from rollout.engine.prober import ProcessProber
 from rollout.event import EventKind
 from rollout.model import Guard
 from tests.helpers import ROLLOUT, cli_env, events, is_event, pid_alive, start_rollout, wait_for_event
 from tests.test_guard_scheduler import Collect, FleetServer, _fleet_plan, _no_executor
+
+#: Enough HTTP guard slots for the prober process (PROCESS_MIN_SLOTS), few enough to be cheap under load.
+PROBER_FLEET = [f"h{i:03d}" for i in range(PROCESS_MIN_SLOTS + 8)]
 
 
 @pytest.fixture
@@ -139,7 +142,9 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def test_the_prober_dies_with_the_run(server: FleetServer, tmp_path: Path) -> None:
-    plan = _fleet_plan(tmp_path, server.port, every="500ms", timeout="1s", waves=["100%"], bake="120s")
+    plan = _fleet_plan(
+        tmp_path, server.port, every="500ms", timeout="1s", waves=["100%"], bake="120s", hosts=PROBER_FLEET
+    )
     state = tmp_path / "state"
     proc = start_rollout("run", plan, "--env", "demo", "--state-dir", state)
     try:
@@ -157,7 +162,9 @@ def test_the_prober_dies_with_the_run(server: FleetServer, tmp_path: Path) -> No
 def test_ctrl_c_to_the_process_group_leaves_the_prober_guarding_the_rollback(
     server: FleetServer, tmp_path: Path
 ) -> None:
-    plan = _fleet_plan(tmp_path, server.port, every="500ms", timeout="1s", waves=["100%"], bake="120s")
+    plan = _fleet_plan(
+        tmp_path, server.port, every="500ms", timeout="1s", waves=["100%"], bake="120s", hosts=PROBER_FLEET
+    )
     state = tmp_path / "state"
     args = [str(ROLLOUT), "run", str(plan), "--env", "demo", "--state-dir", str(state)]
     proc = subprocess.Popen(

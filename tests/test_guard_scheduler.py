@@ -90,7 +90,9 @@ def server() -> Iterator[FleetServer]:
     srv.close()
 
 
-def _fleet_plan(tmp_path: Path, port: int, *, every: str, timeout: str, waves: list[Any], bake: str) -> Path:
+def _fleet_plan(
+    tmp_path: Path, port: int, *, every: str, timeout: str, waves: list[Any], bake: str, hosts: list[str] = HOSTS
+) -> Path:
     plan: dict[str, Any] = {
         "version": 1,
         "name": "fleet",
@@ -98,7 +100,7 @@ def _fleet_plan(tmp_path: Path, port: int, *, every: str, timeout: str, waves: l
             "demo": {
                 "rehearsal": True,
                 "connection": "local",
-                "hosts": {h: ({"groups": ["canary"]} if h == "h007" else {}) for h in HOSTS},
+                "hosts": {h: ({"groups": ["canary"]} if h == "h007" else {}) for h in hosts},
             }
         },
         "strategy": {"waves": waves, "bake": bake, "concurrency": 8},

@@ -12,6 +12,9 @@ promises:
   `stop` takes to end delivery.
 - The child dies with the run: it exits when its stdin closes, which happens when the
   parent stops it or dies (the pipe is not inherited by step processes: close_fds).
+- A Ctrl-C never blinds the guards: the child has a process group of its own, so the
+  terminal's SIGINT (or a SIGTERM to the run's group) does not reach it, not even while
+  it starts; the run stops it when its rollback is done.
 - A guard never stops guarding silently: if the child exits unasked, its slots are
   reported as lagging (why: the prober exited) and probed in-process from then on.
 - The child's punctuality (probes, due, start delays) is merged into the run's
@@ -84,6 +87,9 @@ class ProcessProber:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": _import_path()},
+                # Its own process group: a terminal's Ctrl-C (or a SIGTERM to the run's group) must not
+                # reach it even in the moment before its own start-up ignores them; it ends on stdin's EOF.
+                process_group=0,
             )
         except OSError as exc:
             with self._delivery:
