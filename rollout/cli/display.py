@@ -35,10 +35,17 @@ class PlainDisplay:
         self._lock = threading.RLock()
 
     def emit(self, event: Event, *, sync: bool) -> None:
-        """Print the event as a timestamped line."""
-        line = f"{utc_now_ms()}  {describe_event(event)}"
+        """Write the event as a timestamped line.
+
+        Straight to the console's file: a plain line needs none of rich's rendering, which
+        cost a third of a millisecond a line under the event bus's lock, on the path of every
+        step of every host (1,600 lines for 100 hosts x 5 steps).
+        """
+        line = f"{utc_now_ms()}  {describe_event(event)}\n"
         with self._lock:
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            out = self.console.file
+            out.write(line)
+            out.flush()
 
     def note(self, text: str) -> None:
         """A message from the CLI itself (e.g. on Ctrl-C)."""
