@@ -41,6 +41,12 @@ app = typer.Typer(
 )
 
 
+#: Control characters removed from what the CLI prints (all of C0 but tab and newline, DEL, C1):
+#: messages quote commands' output, whose colour codes or cursor moves must not reach a log
+#: or drive the terminal showing it.
+SHOWN_TEXT = dict.fromkeys([*(c for c in range(0x20) if c not in (0x09, 0x0A)), 0x7F, *range(0x80, 0xA0)])
+
+
 @dataclass
 class Terminal:
     """All terminal I/O goes through here, so tests can replace it."""
@@ -57,12 +63,12 @@ class Terminal:
         )
 
     def print(self, text: str = "", **kwargs: object) -> None:
-        """Print to stdout without markup interpretation."""
-        self.out.print(text, markup=False, **kwargs)  # type: ignore[arg-type]
+        """Print to stdout as written: no markup, no emoji codes, no control characters."""
+        self.out.print(text.translate(SHOWN_TEXT), markup=False, emoji=False, **kwargs)  # type: ignore[arg-type]
 
     def error(self, text: str) -> None:
-        """Print to stderr without markup interpretation."""
-        self.err.print(text, markup=False)
+        """Print to stderr as written: no markup, no emoji codes, no control characters."""
+        self.err.print(text.translate(SHOWN_TEXT), markup=False, emoji=False)
 
 
 terminal = Terminal.create()

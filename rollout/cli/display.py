@@ -26,6 +26,11 @@ def utc_now_ms() -> str:
     return now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
 
 
+#: Control characters (C0 but for none, DEL, C1) removed from plain lines: a command's output
+#: quoted in an event (colour codes, a cursor move) must not reach a CI log or a terminal.
+_NO_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)])
+
+
 class PlainDisplay:
     """One line per event, no control codes: for logs and pipes."""
 
@@ -41,7 +46,7 @@ class PlainDisplay:
         cost a third of a millisecond a line under the event bus's lock, on the path of every
         step of every host (1,600 lines for 100 hosts x 5 steps).
         """
-        line = f"{utc_now_ms()}  {describe_event(event)}\n"
+        line = f"{utc_now_ms()}  {describe_event(event).translate(_NO_CONTROL)}\n"
         with self._lock:
             out = self.console.file
             out.write(line)
