@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rollout.engine.prepare import prepare_schedule
 from rollout.executors.base import Target
@@ -269,3 +271,42 @@ def test_an_unreadable_ssh_config_is_located_at_the_config_option(tmp_path: Path
 
     assert result.code == 2
     assert f"cannot read ssh config {tmp_path}: Is a directory" in result.out
+
+
+# --- a fleet's config is looked up on the blocks that can apply ------------------------
+
+_PATTERNS = st.sampled_from(["web-1", "web-*", "!web-2", "db?", "*", "!*", "db-[12]", "h1", "*-1"])
+_OPTIONS = st.sampled_from(
+    [
+        "User deploy",
+        "User ops",
+        "Port 2222",
+        "IdentityFile /keys/a",
+        "IdentityFile /keys/%h",
+        "HostName %h.example",
+        "ProxyJump bastion",
+        "ConnectTimeout 7",
+    ]
+)
+_MATCHES = st.sampled_from(["Match host web-*", "Match user ops", "Match originalhost db?", "Match all"])
+
+
+@st.composite
+def _configs(draw: st.DrawFn) -> str:
+    lines = [f"  {o}" for o in draw(st.lists(_OPTIONS, max_size=2))]
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()):
+            lines.append("Host " + " ".join(draw(st.lists(_PATTERNS, min_size=1, max_size=3))))
+        else:
+            lines.append(draw(_MATCHES))
+        lines += [f"  {o}" for o in draw(st.lists(_OPTIONS, max_size=3))]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_configs(), alias=st.sampled_from(["web-1", "web-2", "db1", "db-2", "h1", "other"]))
+def test_a_lookup_sees_what_paramiko_sees_in_the_whole_file(text: str, alias: str) -> None:
+    import paramiko
+
+    config = SshConfig(path="ssh_config", text=text)
+    assert dict(config.entry(alias).options) == dict(paramiko.SSHConfig.from_text(text).lookup(alias))
