@@ -16,7 +16,7 @@ from rollout.engine.core import EngineCore
 from rollout.engine.parity import FactGatherer
 from rollout.engine.prepare import HostPlan
 from rollout.event import Event, EventKind
-from rollout.executors.base import Become, CommandResult
+from rollout.executors.base import Become, CommandResult, Reconnectable
 
 SSH_CHECK = "ssh connection"
 
@@ -139,7 +139,9 @@ class PrecheckMixin(EngineCore):
 
     def _reachable(self, host: HostPlan) -> bool:
         """Connect (host key checked) and run `true`: nothing may change on a fleet we cannot fully reach."""
-        result = self._execute(self.executor(host.name), "true", host.target.connect_timeout + 5.0)
+        ex = self.executor(host.name)
+        timeout = host.target.connect_timeout + 5.0
+        result = ex.check_ready(timeout) if isinstance(ex, Reconnectable) else self._execute(ex, "true", timeout)
         summary = "connected" if result.ok else (result.stderr.strip() or f"`true` exited {result.exit_code}")
         self._emit(
             Event(

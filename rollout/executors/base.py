@@ -217,6 +217,10 @@ class Reconnectable(Protocol):
         """Open the connection now if it is not open (never opened, or dropped); raise ConnectError if it cannot."""
         ...
 
+    def check_ready(self, timeout: float) -> CommandResult:
+        """Connect and prove that commands can run, as `true` would: ok, or why not."""
+        ...
+
 
 class OutputTail:
     """Keeps the last `cap` bytes of a stream in bounded memory."""

@@ -39,7 +39,18 @@ from rollout.executors.base import (
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
 from rollout.executors.runner import run_process
 from rollout.executors.ssh_connect import Route, connect
-from rollout.executors.ssh_process import RemoteProcess, controlled, kill_runs, kill_script, wrap
+from rollout.executors.ssh_control import ControlShell
+from rollout.executors.ssh_process import (
+    RemoteProcess,
+    controlled,
+    kill_runs,
+    kill_script,
+    unexpected_output,
+    wrap,
+)
+
+#: How soon to ask again for a session that sshd refused while the kept shell's was closing.
+_SESSION_RETRY = 0.02
 
 _SFTP_ERRORS = (paramiko.SSHException, paramiko.SFTPError, EOFError)
 
@@ -75,6 +86,11 @@ class SshExecutor:
         # are killed on the next connection before anything else runs there (through the
         # sudo that started them, if one did).
         self._orphans: dict[int, Become | None] = {}
+        # The kept shell for kill scripts (see ssh_control), started on first need; the
+        # transport it could not be started on, so that it is not tried for every command.
+        self._shell_lock = threading.Lock()
+        self._shell: ControlShell | None = None
+        self._no_shell_on: paramiko.Transport | None = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -106,6 +122,35 @@ class SshExecutor:
     def ensure_connected(self) -> None:
         """Open the connection now if it is not open (never opened, or dropped), as the next command would."""
         self._transport()
+
+    def check_ready(self, timeout: float) -> CommandResult:
+        """Connect (host key checked) and start the kept shell: what running `true` proves, in one session.
+
+        The kept shell starts through the login shell as every command does, so a start-up
+        file that prints, or a missing /bin/sh, shows here as it would for `true`. Where the
+        kept shell cannot start or answer, `true` runs on a channel of its own and says why.
+        """
+        started = time.monotonic()
+        try:
+            self._transport()
+        except ExecutorError as exc:
+            return CommandResult(self.target.name, "true", None, "", str(exc), time.monotonic() - started)
+        shell = self._kept_shell()
+        if shell is not None:
+            try:
+                answered = shell.run(":", timeout=timeout)
+                noise = shell.noise
+            finally:
+                shell.lock.release()
+            if noise is not None:
+                why = str(ExecutorError(unexpected_output(noise), host=self.target.name))
+                return CommandResult(self.target.name, "true", None, "", why, time.monotonic() - started)
+            if answered:
+                return CommandResult(self.target.name, "true", 0, "", "", time.monotonic() - started)
+        try:
+            return self.run("true", timeout=timeout)
+        except ExecutorError as exc:
+            return CommandResult(self.target.name, "true", None, "", str(exc), time.monotonic() - started)
 
     def _end_orphans(self, client: paramiko.SSHClient) -> None:
         """Kill the process groups of commands cut off by a dropped connection; raise if we cannot."""
@@ -157,6 +202,7 @@ class SshExecutor:
         return status, f" (exit {status})"
 
     def _disconnect(self) -> None:
+        self._drop_shell(None)
         if self._client is not None:
             # Through a jump host whose session is gone, closing the channel under the client
             # fails too; the route below is closed all the same.
@@ -171,7 +217,59 @@ class SshExecutor:
     def _open_channel(self) -> paramiko.Channel:
         transport = self._transport()
         with translate(_CHANNEL_FAULTS, host=self.target.name, endpoint=self.target.endpoint):
-            return transport.open_session(timeout=self.target.connect_timeout)
+            try:
+                return transport.open_session(timeout=self.target.connect_timeout)
+            except paramiko.ChannelException:
+                # sshd's MaxSessions: the kept shell holds one session; commands come first.
+                if not self._drop_shell(transport) and self._no_shell_on is not transport:
+                    raise
+            # sshd frees the shell's session once it has read the close: ask again, briefly.
+            deadline = time.monotonic() + self.target.connect_timeout
+            while True:
+                try:
+                    return transport.open_session(timeout=self.target.connect_timeout)
+                except paramiko.ChannelException:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(_SESSION_RETRY)
+
+    # -- the kept shell for kill scripts --------------------------------------------------
+
+    def _kept_shell(self) -> ControlShell | None:
+        """The kept shell, locked for the caller, or None: not startable, or busy with another script.
+
+        Never connects: a kill script is for the connection that ran the command.
+        """
+        with self._shell_lock:
+            shell = self._shell
+            if shell is None or not shell.usable:
+                client = self._client
+                transport = client.get_transport() if client is not None else None
+                if transport is None or not transport.is_active() or transport is self._no_shell_on:
+                    return None
+                try:
+                    shell = ControlShell(transport, timeout=self.target.connect_timeout)
+                except (paramiko.SSHException, EOFError, OSError):
+                    self._no_shell_on = transport
+                    return None
+                self._shell = shell
+        if not shell.lock.acquire(blocking=False):
+            return None  # another kill is running on it: this one takes a channel of its own
+        if not shell.usable:
+            shell.lock.release()
+            return None
+        return shell
+
+    def _drop_shell(self, transport: paramiko.Transport | None) -> bool:
+        """Close the kept shell (and do not start another on `transport`); True if there was one."""
+        with self._shell_lock:
+            shell, self._shell = self._shell, None
+            if transport is not None:
+                self._no_shell_on = transport
+        if shell is None:
+            return False
+        shell.close()
+        return True
 
     # -- commands -------------------------------------------------------------------------
 
@@ -215,7 +313,19 @@ class SshExecutor:
             self._orphans[pgid] = become
 
     def _control(self, script: str, become: Become | None = None) -> bool:
-        """Run a kill script on a channel of its own (through sudo for `become`) and wait for it; False if the connection is gone."""
+        """Run a kill script (through sudo for `become`) and wait for it; False if the connection is gone.
+
+        On the kept shell when it is free (a become script needs sudo's stdin: always a
+        channel of its own); on a channel of its own otherwise, or if the kept shell failed.
+        """
+        if become is None:
+            shell = self._kept_shell()
+            if shell is not None:
+                try:
+                    if shell.run(script, timeout=KILL_GRACE + self.target.connect_timeout):
+                        return True
+                finally:
+                    shell.lock.release()
         script, stdin = controlled(script, become)
         try:
             channel = self._open_channel()

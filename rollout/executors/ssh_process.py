@@ -98,6 +98,14 @@ def leftovers_script(pgid: int) -> str:
     )
 
 
+def unexpected_output(line: bytes) -> str:
+    """Why a host whose shell printed `line` before the command cannot run commands."""
+    return (
+        f"unexpected output from the remote shell before the command: {line[:200]!r} "
+        "(does a shell start-up file print something?)"
+    )
+
+
 def transport_alive(channel: paramiko.Channel) -> bool:
     """True while the connection under `channel` is up."""
     transport = channel.get_transport()
@@ -217,11 +225,7 @@ class RemoteProcess(Process):
         try:
             pgid = int(line.strip())
         except ValueError:
-            raise ExecutorError(
-                f"unexpected output from the remote shell before the command: {line[:200]!r} "
-                "(does a shell start-up file print something?)",
-                host=self._target.name,
-            ) from None
+            raise ExecutorError(unexpected_output(line), host=self._target.name) from None
         with self.lock:
             self.pgid = pgid
             late_kill = self.kill_requested_at is not None

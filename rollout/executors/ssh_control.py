@@ -1,0 +1,107 @@
+"""A shell kept open on the host for kill scripts: one session per connection, not one per script.
+
+Every command's exit is followed by a clean-up of what it left in its process group (see
+ssh_process). On its own channel that clean-up costs a whole session: sshd forks, the login
+shell starts, runs one `kill`, and exits, on the host's CPU as much as the command itself.
+Here the scripts go, one at a time, to a `/bin/sh` started once per connection, which runs
+each in a subshell and reports its status on a line of its own:
+
+    ( SCRIPT
+    ) </dev/null >/dev/null 2>&1; echo "@rollout-control N $?"
+
+The shell is a session of its own (sshd's setsid), so it is in no command's process group
+and survives every kill it sends. It reads its scripts from the channel: when the
+connection ends, its stdin ends and so does it; nothing it starts outlives the connection
+by more than the script it is running.
+
+The kept shell is an optimisation, never a dependency. It is used only by one caller at a
+time (a second concurrent kill takes a channel of its own, as it always did); if it cannot
+be started, if it dies, or if a script does not report in time, it is closed and the
+caller falls back to a channel of its own. Lines other than the report (a login shell's
+start-up files may print) are ignored. It holds one of the connection's sessions (sshd's
+MaxSessions, 10 by default); when sshd refuses a command's session, the executor closes
+the kept shell and asks again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paramiko
+
+#: How the report line starts; the shell's argument too, so it can be told apart in `ps`.
+MARK = "@rollout-control"
+#: Output that is not a report is dropped; a shell that prints this much without one is closed.
+_NOISE_CAP = 64 * 1024
+
+
+class ControlShell:
+    """One `/bin/sh` on the host that runs kill scripts sent over a kept channel."""
+
+    def __init__(self, transport: paramiko.Transport, *, timeout: float) -> None:
+        """Open the session and start the shell; raises paramiko.SSHException or OSError if it cannot."""
+        self.lock = threading.Lock()
+        self._seq = 0
+        self._buffer = bytearray()
+        self._closed = False
+        #: The first line the shell printed that was not a report: a start-up file's output.
+        self.noise: bytes | None = None
+        self._channel = transport.open_session(timeout=timeout)
+        try:
+            self._channel.exec_command(f"exec /bin/sh -s {MARK}")
+        except BaseException:
+            self._channel.close()
+            raise
+
+    @property
+    def usable(self) -> bool:
+        """False once closed, or once the shell or the connection under it ended."""
+        return not self._closed and not self._channel.closed and not self._channel.eof_received
+
+    def run(self, script: str, *, timeout: float) -> bool:
+        """Run `script` in a subshell and wait for its report; False (and closed) if there was none within `timeout`.
+
+        The caller holds `lock`. The script's exit status does not matter: the kill
+        scripts end with `exit 0`, and what counts is that they ran to the end.
+        """
+        if not self.usable:
+            return False
+        self._seq += 1
+        report = f"{MARK} {self._seq} ".encode()
+        request = f'( {script}\n) </dev/null >/dev/null 2>&1; echo "{MARK} {self._seq} $?"\n'
+        deadline = time.monotonic() + timeout
+        try:
+            self._channel.settimeout(timeout)
+            self._channel.sendall(request.encode())
+            while True:
+                line_end = self._buffer.find(b"\n")
+                if line_end >= 0:
+                    line = bytes(self._buffer[:line_end])
+                    del self._buffer[: line_end + 1]
+                    if line.startswith(report):
+                        return True
+                    if self.noise is None:  # the scripts print nothing: a start-up file did
+                        self.noise = line[:200]
+                    continue
+                if len(self._buffer) > _NOISE_CAP:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._channel.settimeout(left)
+                chunk = self._channel.recv(4096)
+                if not chunk:
+                    break  # the shell exited, or the connection is gone
+                self._buffer += chunk
+                while self._channel.recv_stderr_ready():  # the shell's own complaints, if any
+                    self._channel.recv_stderr(4096)
+        except (paramiko.SSHException, EOFError, OSError):  # a timeout is an OSError too
+            pass
+        self.close()
+        return False
+
+    def close(self) -> None:
+        """Close the channel: the shell reads EOF and exits; idempotent."""
+        self._closed = True
+        self._channel.close()
