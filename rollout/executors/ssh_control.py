@@ -4,10 +4,14 @@ Every command's exit is followed by a clean-up of what it left in its process gr
 ssh_process). On its own channel that clean-up costs a whole session: sshd forks, the login
 shell starts, runs one `kill`, and exits, on the host's CPU as much as the command itself.
 Here the scripts go, one at a time, to a `/bin/sh` started once per connection, which runs
-each in a subshell and reports its status on a line of its own:
+each in itself (no fork: the common clean-up is one `kill` builtin that fails on an empty
+group) and reports on a line of its own:
 
-    ( SCRIPT
-    ) </dev/null >/dev/null 2>&1; echo "@rollout-control N $?"
+    { SCRIPT
+    } </dev/null >/dev/null 2>&1; echo "@rollout-control N $?"
+
+so the scripts never call `exit` (see ssh_process); one that did would end the shell, and
+the next script would take a channel of its own.
 
 The shell is a session of its own (sshd's setsid), so it is in no command's process group
 and survives every kill it sends. It reads its scripts from the channel: when the
@@ -60,7 +64,7 @@ class ControlShell:
         return not self._closed and not self._channel.closed and not self._channel.eof_received
 
     def run(self, script: str, *, timeout: float) -> bool:
-        """Run `script` in a subshell and wait for its report; False (and closed) if there was none within `timeout`.
+        """Run `script` in the shell and wait for its report; False (and closed) if there was none within `timeout`.
 
         The caller holds `lock`. The script's exit status does not matter: the kill
         scripts end with `exit 0`, and what counts is that they ran to the end.
@@ -69,7 +73,7 @@ class ControlShell:
             return False
         self._seq += 1
         report = f"{MARK} {self._seq} ".encode()
-        request = f'( {script}\n) </dev/null >/dev/null 2>&1; echo "{MARK} {self._seq} $?"\n'
+        request = f'{{ {script}\n}} </dev/null >/dev/null 2>&1; echo "{MARK} {self._seq} $?"\n'
         deadline = time.monotonic() + timeout
         try:
             self._channel.settimeout(timeout)

@@ -68,7 +68,10 @@ def controlled(script: str, become: Become | None) -> tuple[str, bytes | None]:
 
 
 def kill_script(pgids: list[int]) -> str:
-    """Shell that SIGTERMs the groups, waits up to the grace, then SIGKILLs survivors."""
+    """Shell that SIGTERMs the groups, waits up to the grace, then SIGKILLs survivors.
+
+    Like every control script it never calls `exit`: it also runs inside the kept shell.
+    """
     groups = " ".join(str(p) for p in pgids)
     rounds = max(1, int(KILL_GRACE / 0.05))
     # A group is alive while it has a non-zombie member: orphans re-parented to an init
@@ -80,10 +83,10 @@ def kill_script(pgids: list[int]) -> str:
         f"g='{groups}'; "
         "alive() { s=$(ps -o stat= -s $1 2>/dev/null) || { kill -0 -$1 2>/dev/null; return; }; "
         "printf '%s\\n' \"$s\" | grep -qv '^Z'; }; "
-        "for p in $g; do kill -TERM -$p; done 2>/dev/null; n=0; "
-        f"while [ $n -lt {rounds} ]; do a=; for p in $g; do alive $p && a=1; done; "
-        '[ -z "$a" ] && exit 0; sleep 0.05; n=$((n+1)); done; '
-        "for p in $g; do kill -KILL -$p; done 2>/dev/null; exit 0"
+        "for p in $g; do kill -TERM -$p; done 2>/dev/null; n=0; a=1; "
+        f'while [ -n "$a" ] && [ $n -lt {rounds} ]; do a=; for p in $g; do alive $p && a=1; done; '
+        '[ -n "$a" ] && { sleep 0.05; n=$((n+1)); }; done; '
+        'if [ -n "$a" ]; then for p in $g; do kill -KILL -$p; done 2>/dev/null; fi; true'
     )
 
 
@@ -92,9 +95,9 @@ def leftovers_script(pgid: int) -> str:
     rounds = max(1, int(KILL_GRACE / 0.05))
     # TERM fails when the group is empty: the common case ends there, with no ps and no wait.
     return (
-        f"kill -TERM -{pgid} 2>/dev/null || exit 0; n=0; "
+        f"if kill -TERM -{pgid} 2>/dev/null; then n=0; "
         f"while [ $n -lt {rounds} ] && kill -0 -{pgid} 2>/dev/null; do sleep 0.05; n=$((n+1)); done; "
-        f"kill -KILL -{pgid} 2>/dev/null; exit 0"
+        f"kill -KILL -{pgid} 2>/dev/null; fi; true"
     )
 
 
