@@ -108,6 +108,11 @@ def alias_matched(text: str, alias: str) -> bool:
     does not count. Negated patterns (`!pat`) exclude the alias from their line.
     """
     for patterns in _host_lines(text):
+        names = _plain_names(patterns)
+        if names is not None:
+            if alias in names:
+                return True
+            continue
         if any(p.startswith("!") and fnmatch.fnmatchcase(alias, p[1:]) for p in patterns):
             continue
         if any(p != "*" and not p.startswith("!") and fnmatch.fnmatchcase(alias, p) for p in patterns):
@@ -172,9 +177,24 @@ def _blocks(text: str) -> tuple[str, tuple[tuple[tuple[str, ...] | None, str], .
 
 def _host_matches(patterns: tuple[str, ...], alias: str) -> bool:
     """A Host line's match, as paramiko decides it: no negated pattern matches, and one other does."""
+    names = _plain_names(patterns)
+    if names is not None:
+        return alias in names
     if any(p.startswith("!") and fnmatch.fnmatch(alias, p[1:]) for p in patterns):
         return False
     return any(not p.startswith("!") and fnmatch.fnmatch(alias, p) for p in patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_names(patterns: tuple[str, ...]) -> frozenset[str] | None:
+    """A Host line's patterns as a set when all are plain names (a fleet's usual config), else None.
+
+    A pattern without `*`, `?`, `[` or a leading `!` matches only itself: one set lookup
+    per block instead of fnmatch on every pattern.
+    """
+    if any(c in p for p in patterns for c in "*?[!"):
+        return None
+    return frozenset(patterns)
 
 
 @functools.lru_cache(maxsize=8)
