@@ -186,7 +186,7 @@ def test_a_start_up_file_that_prints_fails_the_ssh_check_naming_the_host(tmp_pat
     executor = open_executor(server.target("web-1"))
     try:
         assert isinstance(executor, SshExecutor)
-        assert executor.check_ready(DEADLINE).ok
+        assert executor.check_ready(DEADLINE) is None
         executor.close()
         for rc in (".bashrc", ".profile", ".bash_profile"):
             (server.home / rc).write_text("echo welcome to web-1\n")
@@ -204,8 +204,7 @@ def test_a_start_up_file_that_prints_fails_the_ssh_check_naming_the_host(tmp_pat
         stop_sshd(server)
     if command_ran:
         pytest.skip("this login shell reads no start-up file when sshd runs a command")
-    assert not ready.ok
     # The same words a command would have failed with, naming the host.
-    assert ready.stderr == why
-    assert ready.stderr.startswith("web-1: unexpected output from the remote shell")
-    assert "welcome to web-1" in ready.stderr
+    assert ready == why
+    assert ready.startswith("web-1: unexpected output from the remote shell")
+    assert "welcome to web-1" in ready

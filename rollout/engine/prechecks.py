@@ -10,6 +10,7 @@ did not fail.
 from __future__ import annotations
 
 import threading
+import time
 
 from rollout.checks.parity import FactReading
 from rollout.engine.core import EngineCore
@@ -141,16 +142,22 @@ class PrecheckMixin(EngineCore):
         """Connect (host key checked) and run `true`: nothing may change on a fleet we cannot fully reach."""
         ex = self.executor(host.name)
         timeout = host.target.connect_timeout + 5.0
-        result = ex.check_ready(timeout) if isinstance(ex, Reconnectable) else self._execute(ex, "true", timeout)
-        summary = "connected" if result.ok else (result.stderr.strip() or f"`true` exited {result.exit_code}")
+        started = time.monotonic()
+        if isinstance(ex, Reconnectable):
+            why = ex.check_ready(timeout)
+        else:
+            result = self._execute(ex, "true", timeout)
+            why = None if result.ok else (result.stderr.strip() or f"`true` exited {result.exit_code}")
+        elapsed = time.monotonic() - started
+        summary = "connected" if why is None else why
         self._emit(
             Event(
                 EventKind.PRECHECK,
                 host=host.name,
-                outcome="ok" if result.ok else "failed",
-                data={"check": SSH_CHECK, "ok": result.ok, "summary": summary, "elapsed": round(result.duration, 3)},
+                outcome="ok" if why is None else "failed",
+                data={"check": SSH_CHECK, "ok": why is None, "summary": summary, "elapsed": round(elapsed, 3)},
             )
         )
-        if not result.ok:
+        if why is not None:
             self._unreachable[host.name] = summary
-        return result.ok
+        return why is None

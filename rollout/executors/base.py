@@ -217,8 +217,8 @@ class Reconnectable(Protocol):
         """Open the connection now if it is not open (never opened, or dropped); raise ConnectError if it cannot."""
         ...
 
-    def check_ready(self, timeout: float) -> CommandResult:
-        """Connect and prove that commands can run, as `true` would: ok, or why not."""
+    def check_ready(self, timeout: float) -> str | None:
+        """Connect and prove that commands can run, as `true` would: None, or why not."""
         ...
 
 

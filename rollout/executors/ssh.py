@@ -39,7 +39,7 @@ from rollout.executors.base import (
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
 from rollout.executors.runner import run_process
 from rollout.executors.ssh_connect import Route, connect
-from rollout.executors.ssh_control import ControlShell
+from rollout.executors.ssh_control import ShellKeeper
 from rollout.executors.ssh_process import (
     RemoteProcess,
     controlled,
@@ -88,9 +88,7 @@ class SshExecutor:
         self._orphans: dict[int, Become | None] = {}
         # The kept shell for kill scripts (see ssh_control), started on first need; the
         # transport it could not be started on, so that it is not tried for every command.
-        self._shell_lock = threading.Lock()
-        self._shell: ControlShell | None = None
-        self._no_shell_on: paramiko.Transport | None = None
+        self._shells = ShellKeeper(target.connect_timeout)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -123,19 +121,19 @@ class SshExecutor:
         """Open the connection now if it is not open (never opened, or dropped), as the next command would."""
         self._transport()
 
-    def check_ready(self, timeout: float) -> CommandResult:
+    def check_ready(self, timeout: float) -> str | None:
         """Connect (host key checked) and start the kept shell: what running `true` proves, in one session.
 
-        The kept shell starts through the login shell as every command does, so a start-up
-        file that prints, or a missing /bin/sh, shows here as it would for `true`. Where the
-        kept shell cannot start or answer, `true` runs on a channel of its own and says why.
+        None when commands can run, else why not. The kept shell starts through the login
+        shell as every command does, so a start-up file that prints, or a missing /bin/sh,
+        shows here as it would for `true`. Where the kept shell cannot start or answer,
+        `true` runs on a channel of its own and says why.
         """
-        started = time.monotonic()
         try:
             self._transport()
         except ExecutorError as exc:
-            return CommandResult(self.target.name, "true", None, "", str(exc), time.monotonic() - started)
-        shell = self._kept_shell()
+            return str(exc)
+        shell = self._shells.acquire(self._client)
         if shell is not None:
             try:
                 answered = shell.run(":", timeout=timeout)
@@ -143,14 +141,14 @@ class SshExecutor:
             finally:
                 shell.lock.release()
             if noise is not None:
-                why = str(ExecutorError(unexpected_output(noise), host=self.target.name))
-                return CommandResult(self.target.name, "true", None, "", why, time.monotonic() - started)
+                return str(ExecutorError(unexpected_output(noise), host=self.target.name))
             if answered:
-                return CommandResult(self.target.name, "true", 0, "", "", time.monotonic() - started)
+                return None
         try:
-            return self.run("true", timeout=timeout)
+            result = self.run("true", timeout=timeout)
         except ExecutorError as exc:
-            return CommandResult(self.target.name, "true", None, "", str(exc), time.monotonic() - started)
+            return str(exc)
+        return None if result.ok else (result.stderr.strip() or f"`true` exited {result.exit_code}")
 
     def _end_orphans(self, client: paramiko.SSHClient) -> None:
         """Kill the process groups of commands cut off by a dropped connection; raise if we cannot."""
@@ -202,7 +200,7 @@ class SshExecutor:
         return status, f" (exit {status})"
 
     def _disconnect(self) -> None:
-        self._drop_shell(None)
+        self._shells.drop(None)
         if self._client is not None:
             # Through a jump host whose session is gone, closing the channel under the client
             # fails too; the route below is closed all the same.
@@ -221,7 +219,7 @@ class SshExecutor:
                 return transport.open_session(timeout=self.target.connect_timeout)
             except paramiko.ChannelException:
                 # sshd's MaxSessions: the kept shell holds one session; commands come first.
-                if not self._drop_shell(transport) and self._no_shell_on is not transport:
+                if not self._shells.drop(transport) and not self._shells.closing():
                     raise
             # sshd frees the shell's session once it has read the close: ask again, briefly.
             deadline = time.monotonic() + self.target.connect_timeout
@@ -232,44 +230,6 @@ class SshExecutor:
                     if time.monotonic() >= deadline:
                         raise
                     time.sleep(_SESSION_RETRY)
-
-    # -- the kept shell for kill scripts --------------------------------------------------
-
-    def _kept_shell(self) -> ControlShell | None:
-        """The kept shell, locked for the caller, or None: not startable, or busy with another script.
-
-        Never connects: a kill script is for the connection that ran the command.
-        """
-        with self._shell_lock:
-            shell = self._shell
-            if shell is None or not shell.usable:
-                client = self._client
-                transport = client.get_transport() if client is not None else None
-                if transport is None or not transport.is_active() or transport is self._no_shell_on:
-                    return None
-                try:
-                    shell = ControlShell(transport, timeout=self.target.connect_timeout)
-                except (paramiko.SSHException, EOFError, OSError):
-                    self._no_shell_on = transport
-                    return None
-                self._shell = shell
-        if not shell.lock.acquire(blocking=False):
-            return None  # another kill is running on it: this one takes a channel of its own
-        if not shell.usable:
-            shell.lock.release()
-            return None
-        return shell
-
-    def _drop_shell(self, transport: paramiko.Transport | None) -> bool:
-        """Close the kept shell (and do not start another on `transport`); True if there was one."""
-        with self._shell_lock:
-            shell, self._shell = self._shell, None
-            if transport is not None:
-                self._no_shell_on = transport
-        if shell is None:
-            return False
-        shell.close()
-        return True
 
     # -- commands -------------------------------------------------------------------------
 
@@ -319,7 +279,7 @@ class SshExecutor:
         channel of its own); on a channel of its own otherwise, or if the kept shell failed.
         """
         if become is None:
-            shell = self._kept_shell()
+            shell = self._shells.acquire(self._client)
             if shell is not None:
                 try:
                     if shell.run(script, timeout=KILL_GRACE + self.target.connect_timeout):

@@ -29,6 +29,7 @@ the kept shell and asks again.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -109,3 +110,56 @@ class ControlShell:
         """Close the channel: the shell reads EOF and exits; idempotent."""
         self._closed = True
         self._channel.close()
+
+
+class ShellKeeper:
+    """An executor's kept shell: started on first need, replaced when it dies, given up for sshd's MaxSessions."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout  # the target's connect timeout: opening the session, freeing one
+        self._lock = threading.Lock()
+        self._shell: ControlShell | None = None
+        self._no_shell_on: paramiko.Transport | None = None  # where one could not start: not tried again
+        self._closed_at = -math.inf  # monotonic time the last one was closed
+
+    def acquire(self, client: paramiko.SSHClient | None) -> ControlShell | None:
+        """The kept shell on `client`'s live connection, locked for the caller; None if there is none to use.
+
+        None when the connection is down (never connects: a kill script is for the
+        connection that ran the command), when no shell can start there, or when another
+        script is running on it (the caller takes a channel of its own).
+        """
+        with self._lock:
+            shell = self._shell
+            if shell is None or not shell.usable:
+                transport = client.get_transport() if client is not None else None
+                if transport is None or not transport.is_active() or transport is self._no_shell_on:
+                    return None
+                try:
+                    shell = ControlShell(transport, timeout=self._timeout)
+                except (paramiko.SSHException, EOFError, OSError):
+                    self._no_shell_on = transport
+                    return None
+                self._shell = shell
+        if not shell.lock.acquire(blocking=False):
+            return None
+        if not shell.usable:
+            shell.lock.release()
+            return None
+        return shell
+
+    def drop(self, transport: paramiko.Transport | None) -> bool:
+        """Close the kept shell (and start no other on `transport`); True if there was one."""
+        with self._lock:
+            shell, self._shell = self._shell, None
+            if transport is not None:
+                self._no_shell_on = transport
+        if shell is None:
+            return False
+        shell.close()
+        self._closed_at = time.monotonic()
+        return True
+
+    def closing(self) -> bool:
+        """True while sshd may still be freeing the session of a kept shell closed a moment ago."""
+        return time.monotonic() - self._closed_at < self._timeout
