@@ -1,5 +1,6 @@
 """python -m rollout"""
 
+import atexit
 import contextlib
 import os
 import sys
@@ -16,10 +17,9 @@ def main() -> None:
     # Everything the command owes is written by now (journal and head fsynced, report and
     # records written and closed). Tearing the interpreter down after a 100-host run
     # (finalising paramiko's transports and the run's objects) took 0.15 s more on the
-    # operator's clock; with no thread left to wait for, flush what Python buffers and leave.
-    import logging
-
-    logging.shutdown()
+    # operator's clock; with no thread left to wait for, run the exit handlers (coverage,
+    # a wrapper's own), flush what Python buffers and leave.
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         # a closed pipe: what it missed cannot be delivered now
         with contextlib.suppress(OSError, ValueError):
