@@ -68,7 +68,7 @@ class ControlShell:
         """Run `script` in the shell and wait for its report; False (and closed) if there was none within `timeout`.
 
         The caller holds `lock`. The script's exit status does not matter: the kill
-        scripts end with `exit 0`, and what counts is that they ran to the end.
+        scripts end with `true`, and what counts is that they ran to the end.
         """
         if not self.usable:
             return False
@@ -132,6 +132,9 @@ class ShellKeeper:
         with self._lock:
             shell = self._shell
             if shell is None or not shell.usable:
+                if shell is not None:
+                    shell.close()  # it died, or its connection did: its session goes too
+                    self._shell = None
                 transport = client.get_transport() if client is not None else None
                 if transport is None or not transport.is_active() or transport is self._no_shell_on:
                     return None
