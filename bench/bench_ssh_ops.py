@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,10 +31,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import paramiko  # noqa: E402
+from bench_ssh import raw_connect  # noqa: E402
 
-from tests.conftest_sshd import SshdServer, start_sshd, stop_sshd  # noqa: E402
+from tests.conftest_sshd import start_sshd, stop_sshd  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -50,25 +51,6 @@ def _busy() -> float:
 def _client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _connect(server: SshdServer) -> paramiko.SSHClient:
-    sock = socket.create_connection((server.host, server.port), timeout=30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    client = paramiko.SSHClient()
-    client.load_system_host_keys(server.known_hosts)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        server.host,
-        port=server.port,
-        username=server.user,
-        key_filename=server.identity_file,
-        look_for_keys=False,
-        allow_agent=False,
-        sock=sock,
-        timeout=30,
-    )
-    return client
 
 
 def _session(client: paramiko.SSHClient, command: str) -> None:
@@ -105,7 +87,7 @@ def main() -> None:
         work = Path(tmp)
         server = start_sshd(work / "sshd")
         try:
-            client = _connect(server)
+            client = raw_connect(server, nodelay=True)
             shell = client.get_transport().open_session()  # type: ignore[union-attr]
             shell.exec_command("exec /bin/sh -s @rollout-control")
 
@@ -130,7 +112,7 @@ def main() -> None:
                     args.n,
                 ),
                 "kept shell round trip": (kept, args.n),
-                "handshake": (lambda i: _connect(server).close(), max(10, args.n // 5)),
+                "handshake": (lambda i: raw_connect(server, nodelay=True).close(), max(10, args.n // 5)),
             }
             for _ in range(args.runs):
                 for name, (op, n) in ops.items():

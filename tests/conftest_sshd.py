@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,17 +202,23 @@ def stop_sshd(server: SshdServer) -> None:
     stop_sshd_process(server.process)
 
 
+@contextmanager
+def own_sshd(workdir: Path, extra_config: Sequence[str] = ()) -> Iterator[SshdServer]:
+    """A real sshd of the caller's own under `workdir`, stopped on leaving; the test is skipped without sshd."""
+    if not os.path.exists(SSHD):
+        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
+    server = start_sshd(workdir, extra_config=extra_config)
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+
+
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[SshdServer]:
     """A real sshd on 127.0.0.1 for this test session."""
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
-    with tempfile.TemporaryDirectory(prefix="rollout-sshd-") as tmp:
-        server = start_sshd(Path(tmp))
-        try:
-            yield server
-        finally:
-            stop_sshd(server)
+    with tempfile.TemporaryDirectory(prefix="rollout-sshd-") as tmp, own_sshd(Path(tmp)) as server:
+        yield server
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from rollout.executors.ssh import SshExecutor
-from tests.conftest_sshd import SSHD, SshdServer, start_sshd, stop_sshd
+from tests.conftest_sshd import SshdServer, own_sshd
 
 pytestmark = pytest.mark.ssh
 
@@ -28,13 +27,10 @@ def test_an_openssh_server_is_spoken_to_in_aes_gcm(sshd: SshdServer) -> None:
 
 
 def test_a_server_without_aes_gcm_still_runs_commands(tmp_path: Path) -> None:
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
-    server = start_sshd(tmp_path / "sshd", extra_config=["Ciphers aes256-ctr"])
-    executor = SshExecutor(server.target("ssh-1"))
-    try:
-        assert executor.run("echo ok").stdout == "ok\n"
-        assert _cipher(executor) == "aes256-ctr"
-    finally:
-        executor.close()
-        stop_sshd(server)
+    with own_sshd(tmp_path / "sshd", extra_config=["Ciphers aes256-ctr"]) as server:
+        executor = SshExecutor(server.target("ssh-1"))
+        try:
+            assert executor.run("echo ok").stdout == "ok\n"
+            assert _cipher(executor) == "aes256-ctr"
+        finally:
+            executor.close()

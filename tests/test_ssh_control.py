@@ -30,7 +30,7 @@ from rollout.errors import ExecutorError
 from rollout.executors import CommandResult, open_executor
 from rollout.executors.ssh import SshExecutor
 from rollout.executors.ssh_control import MARK
-from tests.conftest_sshd import SSHD, SshdServer, start_sshd, stop_sshd
+from tests.conftest_sshd import SshdServer, own_sshd
 from tests.test_executors import is_running, wait_for_pids, wait_until_gone
 
 pytestmark = pytest.mark.ssh
@@ -40,16 +40,10 @@ LEFT_BEHIND = "sleep 30 >/dev/null 2>&1 & echo $! >> {f}; echo done"
 
 
 @pytest.fixture(scope="module")
-def own_sshd() -> Iterator[SshdServer]:
+def module_sshd() -> Iterator[SshdServer]:
     """An sshd of this module's own, so that every kept shell under it is one of ours."""
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
-    with tempfile.TemporaryDirectory(prefix="rollout-sshd-control-") as tmp:
-        server = start_sshd(Path(tmp))
-        try:
-            yield server
-        finally:
-            stop_sshd(server)
+    with tempfile.TemporaryDirectory(prefix="rollout-sshd-control-") as tmp, own_sshd(Path(tmp)) as server:
+        yield server
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -89,29 +83,29 @@ def wait_for_shells(server: SshdServer, count: int) -> list[int]:
     raise AssertionError(f"expected {count} kept shell(s) under sshd, found {control_shells(server)}")
 
 
-def test_one_kept_shell_ends_what_every_command_left_behind(own_sshd: SshdServer, tmp_path: Path) -> None:
+def test_one_kept_shell_ends_what_every_command_left_behind(module_sshd: SshdServer, tmp_path: Path) -> None:
     pids_file = tmp_path / "pids"
-    executor = open_executor(own_sshd.target("ssh-1"))
+    executor = open_executor(module_sshd.target("ssh-1"))
     try:
         for n in range(1, 6):
             result = executor.run(LEFT_BEHIND.format(f=pids_file))
             assert result.ok, result
             # Dead when run returns: the clean-up is part of the command, not later.
             assert [p for p in wait_for_pids(pids_file, n) if is_running(p)] == []
-        assert len(control_shells(own_sshd)) == 1
+        assert len(control_shells(module_sshd)) == 1
     finally:
         executor.close()
-    assert wait_for_shells(own_sshd, 0) == []
+    assert wait_for_shells(module_sshd, 0) == []
 
 
-def test_the_kept_shell_dies_with_a_killed_orchestrator(own_sshd: SshdServer, tmp_path: Path) -> None:
+def test_the_kept_shell_dies_with_a_killed_orchestrator(module_sshd: SshdServer, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
         "from rollout.executors import Target, open_executor\n"
-        f"ex = open_executor(Target(name='ssh-1', connection='ssh', address={own_sshd.host!r}, port={own_sshd.port},"
-        f" user={own_sshd.user!r}, identity_file={own_sshd.identity_file!r}, known_hosts={own_sshd.known_hosts!r}))\n"
+        f"ex = open_executor(Target(name='ssh-1', connection='ssh', address={module_sshd.host!r}, port={module_sshd.port},"
+        f" user={module_sshd.user!r}, identity_file={module_sshd.identity_file!r}, known_hosts={module_sshd.known_hosts!r}))\n"
         f"assert ex.run({LEFT_BEHIND.format(f=tmp_path / 'pids')!r}).ok\n"
         f"Path({str(ready)!r}).write_text('ok')\n"
         "time.sleep(60)\n"
@@ -122,23 +116,25 @@ def test_the_kept_shell_dies_with_a_killed_orchestrator(own_sshd: SshdServer, tm
         while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert ready.exists(), "the child did not run its command"
-        assert len(wait_for_shells(own_sshd, 1)) == 1
+        assert len(wait_for_shells(module_sshd, 1)) == 1
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=DEADLINE)
         # The connection is gone, so is the shell's stdin: it exits on its own.
-        assert wait_for_shells(own_sshd, 0) == []
+        assert wait_for_shells(module_sshd, 0) == []
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
 
 
-def test_a_kept_shell_killed_on_the_host_is_replaced_and_nothing_is_left(own_sshd: SshdServer, tmp_path: Path) -> None:
+def test_a_kept_shell_killed_on_the_host_is_replaced_and_nothing_is_left(
+    module_sshd: SshdServer, tmp_path: Path
+) -> None:
     pids_file = tmp_path / "pids"
-    executor = open_executor(own_sshd.target("ssh-1"))
+    executor = open_executor(module_sshd.target("ssh-1"))
     try:
         assert executor.run(LEFT_BEHIND.format(f=pids_file)).ok
-        [shell] = wait_for_shells(own_sshd, 1)
+        [shell] = wait_for_shells(module_sshd, 1)
         os.kill(shell, signal.SIGKILL)
         assert wait_until_gone([shell], timeout=DEADLINE) == []
         result = executor.run(LEFT_BEHIND.format(f=pids_file))
@@ -147,16 +143,17 @@ def test_a_kept_shell_killed_on_the_host_is_replaced_and_nothing_is_left(own_ssh
         # The next clean-up starts a new kept shell (or took a channel of its own).
         assert executor.run(LEFT_BEHIND.format(f=pids_file)).ok
         assert [p for p in wait_for_pids(pids_file, 3) if is_running(p)] == []
-        assert len(wait_for_shells(own_sshd, 1)) == 1
+        assert len(wait_for_shells(module_sshd, 1)) == 1
     finally:
         executor.close()
 
 
 def test_commands_get_their_sessions_when_sshd_allows_only_two(tmp_path: Path) -> None:
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
-    server = start_sshd(tmp_path / "sshd", extra_config=["MaxSessions 2"])
-    pids_file = tmp_path / "pids"
+    with own_sshd(tmp_path / "sshd", extra_config=["MaxSessions 2"]) as server:
+        _two_at_once(server, tmp_path / "pids")
+
+
+def _two_at_once(server: SshdServer, pids_file: Path) -> None:
     executor = open_executor(server.target("ssh-1"))
     try:
         assert executor.run(LEFT_BEHIND.format(f=pids_file)).ok  # the kept shell now holds a session
@@ -176,18 +173,16 @@ def test_commands_get_their_sessions_when_sshd_allows_only_two(tmp_path: Path) -
         assert [p for p in wait_for_pids(pids_file, 3) if is_running(p)] == []
     finally:
         executor.close()
-        stop_sshd(server)
 
 
 def test_a_start_up_file_that_prints_fails_the_ssh_check_naming_the_host(tmp_path: Path) -> None:
-    if not os.path.exists(SSHD):
-        pytest.skip(f"{SSHD} is not installed (Debian package openssh-server)")
-    server = start_sshd(tmp_path / "sshd")
-    executor = open_executor(server.target("web-1"))
-    try:
-        assert isinstance(executor, SshExecutor)
-        assert executor.check_ready(DEADLINE) is None
-        executor.close()
+    with own_sshd(tmp_path / "sshd") as server:
+        quiet = open_executor(server.target("web-1"))
+        try:
+            assert isinstance(quiet, SshExecutor)
+            assert quiet.check_ready(DEADLINE) is None
+        finally:
+            quiet.close()
         for rc in (".bashrc", ".profile", ".bash_profile"):
             (server.home / rc).write_text("echo welcome to web-1\n")
         noisy = open_executor(server.target("web-1"))
@@ -195,16 +190,14 @@ def test_a_start_up_file_that_prints_fails_the_ssh_check_naming_the_host(tmp_pat
             assert isinstance(noisy, SshExecutor)
             ready = noisy.check_ready(DEADLINE)
             try:
-                command_ran = noisy.run("true").ok
+                command_ran, why = noisy.run("true").ok, ""
             except ExecutorError as exc:
                 command_ran, why = False, str(exc)
         finally:
             noisy.close()
-    finally:
-        stop_sshd(server)
     if command_ran:
         pytest.skip("this login shell reads no start-up file when sshd runs a command")
     # The same words a command would have failed with, naming the host.
     assert ready == why
-    assert ready.startswith("web-1: unexpected output from the remote shell")
-    assert "welcome to web-1" in ready
+    assert why.startswith("web-1: unexpected output from the remote shell")
+    assert "welcome to web-1" in why
