@@ -201,3 +201,14 @@ def test_a_start_up_file_that_prints_fails_the_ssh_check_naming_the_host(tmp_pat
     assert ready == why
     assert why.startswith("web-1: unexpected output from the remote shell")
     assert "welcome to web-1" in why
+
+
+def test_closing_after_the_host_went_away_is_quiet(tmp_path: Path) -> None:
+    pids_file = tmp_path / "pids"
+    with own_sshd(tmp_path / "sshd") as server:
+        executor = open_executor(server.target("ssh-1"))
+        assert executor.run(LEFT_BEHIND.format(f=pids_file)).ok  # the kept shell is up
+    # sshd is gone, and the connection with it: closing must neither raise nor hang.
+    started = time.monotonic()
+    executor.close()
+    assert time.monotonic() - started < DEADLINE

@@ -29,6 +29,7 @@ the kept shell and asks again.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -107,9 +108,12 @@ class ControlShell:
         return False
 
     def close(self) -> None:
-        """Close the channel: the shell reads EOF and exits; idempotent."""
+        """Close the channel: the shell reads EOF and exits; idempotent, and quiet on a dead connection."""
         self._closed = True
-        self._channel.close()
+        # On a connection that just died, closing fails too (the CLOSE message cannot be
+        # sent); the shell goes with the connection all the same.
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            self._channel.close()
 
 
 class ShellKeeper:
