@@ -194,6 +194,31 @@ def write_plan(path: Path, plan: dict[str, Any]) -> Path:
     return path
 
 
+def write_touch_plan(
+    tmp_path: Path, hosts: str, *, ssh: str = "", connection: str = "ssh", name: str = "touch-plan"
+) -> Path:
+    """tmp_path/plan.yaml: environment `lab` (a rehearsal) of `hosts` (YAML lines under `hosts:`), whose
+    one step touches tmp_path/HOST.done and whose rollback removes it; `ssh` is the inside of `ssh: {}`."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"""\
+name: {name}
+environments:
+  lab:
+    rehearsal: true
+    connection: {connection}
+    ssh: {{ {ssh} }}
+    hosts:
+{hosts}
+steps:
+  - name: touch
+    run: touch {tmp_path}/{{{{ host }}}}.done
+    rollback: rm -f {tmp_path}/{{{{ host }}}}.done
+"""
+    )
+    return plan
+
+
 def write_exchange_plan(tmp_path: Path, fleet: Fleet, spec: PlanSpec | None = None, name: str = "plan.yaml") -> Path:
     """Write the exchange upgrade plan for this fleet into tmp_path."""
     return write_plan(tmp_path / name, exchange_plan(fleet, spec or PlanSpec()))

@@ -13,7 +13,7 @@ from rollout.executors.base import Target
 from rollout.executors.ssh_config import HostEntry, SshConfig, SshConfigError, alias_matched, resolve_target
 from rollout.planfile import load_plan
 from tests.conftest_sshd import SshdServer
-from tests.helpers import Cli
+from tests.helpers import Cli, write_touch_plan
 
 # --- the pure resolution ---------------------------------------------------------------
 
@@ -111,24 +111,7 @@ def test_only_the_catch_all_does_not_place_a_host() -> None:
 
 
 def _plan(tmp_path: Path, hosts: str, *, connection: str = "ssh", ssh: str = "") -> Path:
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(
-        f"""\
-name: alias-plan
-environments:
-  lab:
-    rehearsal: true
-    connection: {connection}
-    ssh: {{ {ssh} }}
-    hosts:
-{hosts}
-steps:
-  - name: touch
-    run: touch {tmp_path}/{{{{ host }}}}.done
-    rollback: rm -f {tmp_path}/{{{{ host }}}}.done
-"""
-    )
-    return plan
+    return write_touch_plan(tmp_path, hosts, ssh=ssh, connection=connection, name="alias-plan")
 
 
 def test_a_missing_alias_is_a_validation_error_naming_file_line_and_host(tmp_path: Path, cli: Cli) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest_sshd import SSH_KEYGEN, SshdServer, free_port, generate_key, write_known_hosts
-from tests.helpers import REPO, Cli
+from tests.helpers import REPO, Cli, write_touch_plan
 
 pytestmark = pytest.mark.ssh
 
@@ -37,24 +37,7 @@ def _plan(tmp_path: Path, sshd: SshdServer, known_hosts: Path, hosts: str | None
         "config": "none",
         **ssh,
     }
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(
-        f"""\
-name: trust-plan
-environments:
-  lab:
-    rehearsal: true
-    connection: ssh
-    ssh: {{ {", ".join(f"{k}: {v}" for k, v in options.items())} }}
-    hosts:
-{hosts}
-steps:
-  - name: touch
-    run: touch {tmp_path}/{{{{ host }}}}.done
-    rollback: rm -f {tmp_path}/{{{{ host }}}}.done
-"""
-    )
-    return plan
+    return write_touch_plan(tmp_path, hosts, ssh=", ".join(f"{k}: {v}" for k, v in options.items()), name="trust-plan")
 
 
 def _fingerprint(sshd: SshdServer) -> str:

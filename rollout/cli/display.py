@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from rollout.cli.app import SHOWN_TEXT
 from rollout.event import Event, EventKind
 
 if TYPE_CHECKING:
@@ -26,9 +27,8 @@ def utc_now_ms() -> str:
     return now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
 
 
-#: Control characters (C0 but for none, DEL, C1) removed from plain lines: a command's output
-#: quoted in an event (colour codes, a cursor move) must not reach a CI log or a terminal.
-_NO_CONTROL = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)])
+#: What the CLI never prints (SHOWN_TEXT), and on a one-line event no tab or newline either.
+_NO_CONTROL = {**SHOWN_TEXT, 0x09: None, 0x0A: None}
 
 
 class PlainDisplay:

@@ -139,7 +139,10 @@ class PrecheckMixin(EngineCore):
         return None if why is None else summary
 
     def _reachable(self, host: HostPlan) -> bool:
-        """Connect (host key checked) and run `true`: nothing may change on a fleet we cannot fully reach."""
+        """Connect (host key checked) and prove a command can run: nothing may change on a fleet we cannot fully reach.
+
+        An SSH executor proves it by starting its kept shell (check_ready); any other runs `true`.
+        """
         ex = self.executor(host.name)
         timeout = host.target.connect_timeout + 5.0
         started = time.monotonic()
