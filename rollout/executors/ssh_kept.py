@@ -1,0 +1,263 @@
+"""A command run by the kept shell (see ssh_control) instead of on a session of its own.
+
+A session per command costs the host an sshd fork and a login shell, then `/bin/sh` for
+the command, and its clean-up; on a fleet's small steps that is most of the host's work.
+When the kept shell is free, it runs the command itself, as one request:
+
+    NAME=VALUE... setsid /bin/sh -c COMMAND </dev/null 5>&- & _rp=$!
+    printf '\\n%s %d S %d\\n' TAG N $_rp          # the process group, on stdout
+    wait $_rp 2>/dev/fd/5; _rr=$?                   # the status; a signal's notice to fd 5
+    _rs=; read -r _rs </dev/fd/5; [ -n "$_rs" ] && _rr=s$_rr
+    { LEFTOVERS $_rp } </dev/null >/dev/null 2>&1   # what it left in its group
+    printf '\\n%s %d E %s\\n' TAG N $_rr          # the end and the status, on stdout
+    printf '\\n%s %d E\\n' TAG N >&2              # the end, on stderr
+
+The command means what it means on a session: `/bin/sh -c`, the login environment, the
+home directory, stdin at end-of-file, stdout and stderr on the channel's two streams; in a
+process group and session of its own (setsid), reported before anything else, killed the
+same way (TERM, grace, KILL) on a timeout or cancel, and cleaned up after the same way. The
+kept shell's lines are told from the command's output by its tag, a random token the
+command never sees (it is on the shell's stdin, not in any argv or environment); each line
+is removed byte for byte, with the newline put before it, so the output arrives as the
+command wrote it, whatever it ends with. Small writes to a pipe are atomic, so a line of
+the shell never splits one of the command's, or the other way round.
+
+What differs, and why it is safe:
+- The kept shell waits for the command: while it runs, kill scripts and other commands on
+  the same host take sessions of their own (the shell is locked by the command).
+- A process that escaped the group (its own setsid) without redirecting its output holds
+  the kept shell's stdout, as it would hold a session's; on a session that output is lost
+  when the channel closes, here it shows in the output of a later command on the host.
+- If the kept shell ends mid-command (killed on the host), the command's status is lost
+  with it: that shows once the command closes its output (it ends, or its timeout kills
+  it; paramiko ignores sshd's exit-signal, the only earlier sign), its group is killed
+  (TERM, grace, KILL), and the result is in doubt (`connection_lost`), never a success.
+  If the connection drops, the result is `connection_lost` as on a session, and the group
+  is killed on reconnect.
+Commands with stdin (sudo's password, a step's input) and `become` commands run on
+sessions of their own, as do all commands where setsid is missing or forks.
+"""
+
+from __future__ import annotations
+
+import select
+import shlex
+import time
+from collections.abc import Callable, Mapping
+
+from rollout.executors.base import KILL_GRACE, Become, OnStart, Target
+from rollout.executors.runner import ConnectionLost
+from rollout.executors.ssh_control import ControlShell
+from rollout.executors.ssh_process import (
+    KILL_POLL,
+    READ_CHUNK,
+    STATUS_POLL,
+    Control,
+    RemoteCommand,
+    kill_script,
+    leftovers_script,
+    transport_alive,
+)
+
+
+class Frames:
+    """Splits one stream of the kept shell into the command's bytes and the shell's own lines.
+
+    The shell's lines are `\\nMARKER REST\\n` where MARKER is `TAG N `; `feed` returns the
+    bytes before and between them unchanged and each REST. Bytes that may be the start of
+    a marker are held back until the next chunk tells. After an `E` line the stream is done:
+    anything later is not this command's.
+    """
+
+    def __init__(self, marker: bytes) -> None:
+        self._marker = marker
+        self._held = bytearray()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> tuple[bytes, list[bytes]]:
+        """The command's bytes in `chunk` (and what was held back), and the shell's lines completed by it."""
+        if self.done:
+            return b"", []
+        buffer = self._held
+        buffer += chunk
+        out = bytearray()
+        lines: list[bytes] = []
+        marker = self._marker
+        while True:
+            start = buffer.find(marker)
+            if start < 0:
+                break
+            end = buffer.find(b"\n", start + len(marker))
+            out += buffer[:start]
+            if end < 0:
+                del buffer[:start]  # the line is not whole yet
+                return bytes(out), lines
+            line = bytes(buffer[start + len(marker) : end])
+            del buffer[: end + 1]
+            lines.append(line)
+            if line.startswith(b"E"):
+                self.done = True
+                buffer.clear()
+                return bytes(out), lines
+        # A marker starts with the only newline it holds, so only the bytes from the last
+        # newline on can be the beginning of one.
+        last = buffer.rfind(b"\n")
+        if last >= 0 and len(buffer) - last < len(marker) and marker.startswith(buffer[last:]):
+            out += buffer[:last]
+            del buffer[:last]
+        else:
+            out += buffer
+            buffer.clear()
+        return bytes(out), lines
+
+
+def request(command: str, env: Mapping[str, str], tag: str, seq: int) -> str:
+    """The kept shell's input that runs `command` and reports its group, its end and its status.
+
+    The status is `sN` when the shell noticed a signal (see ControlShell.probe), else N.
+    """
+    assigns = "".join(f"{name}={shlex.quote(value)} " for name, value in env.items())
+    head = "'\\n%s %d"
+    return (
+        f"{assigns}setsid /bin/sh -c {shlex.quote(command)} </dev/null 5>&- & _rp=$!; "
+        f"printf {head} S %d\\n' '{tag}' {seq} $_rp; "
+        'wait $_rp 2>/dev/fd/5; _rr=$?; _rs=; read -r _rs </dev/fd/5; [ -n "$_rs" ] && _rr=s$_rr; '
+        f"{{ {leftovers_script('$_rp')}\n}} </dev/null >/dev/null 2>&1; "
+        f"printf {head} E %s\\n' '{tag}' {seq} $_rr; printf {head} E\\n' '{tag}' {seq} >&2\n"
+    )
+
+
+class KeptCommand(RemoteCommand):
+    """One command run by the kept shell; the caller has acquired the shell, and close() gives it back."""
+
+    def __init__(
+        self,
+        shell: ControlShell,
+        *,
+        command: str,
+        env: Mapping[str, str],
+        target: Target,
+        output_cap: int,
+        on_start: OnStart | None,
+        control: Control,
+        orphan: Callable[[int, Become | None], None],
+        forget: Callable[[RemoteCommand], None],
+    ) -> None:
+        super().__init__(
+            shell.channel,
+            target=target,
+            output_cap=output_cap,
+            on_start=on_start,
+            control=control,
+            orphan=orphan,
+            forget=forget,
+        )
+        self._shell = shell
+        seq = shell.next_seq()
+        marker = f"\n{shell.tag} {seq} ".encode()
+        self._stdout = Frames(marker)
+        self._stderr = Frames(marker)
+        self._request = request(command, env, shell.tag, seq)
+        self._wake = -1
+
+    def begin(self) -> None:
+        """Send the request to the kept shell."""
+        self._shell.discard_pending()
+        self.channel.settimeout(self._target.connect_timeout)  # the shell reads its input: this is quick
+        self.channel.sendall(self._request.encode())
+        self._wake = self.channel.fileno()  # readable on stdout, stderr, EOF or close
+
+    def _shell_gone(self) -> bool:
+        """True once the kept shell (or the connection under it) ended.
+
+        Its exit status says so even while the command, its child, still holds the
+        channel's pipes open (sshd sends EOF only once they close).
+        """
+        channel = self.channel
+        return bool(channel.closed or channel.eof_received or channel.exit_status_ready())
+
+    def transfer(self, wait: float | None) -> None:
+        """Wait for output or the shell's lines, then read both streams."""
+        if not self._shell_gone():
+            select.select([self._wake], [], [], wait)
+        elif wait:
+            # The wake pipe stays readable once the shell ended: do not spin on it.
+            time.sleep(min(wait, STATUS_POLL))
+        self._read()
+
+    def _read(self) -> None:
+        channel = self.channel
+        while channel.recv_ready():
+            chunk = channel.recv(READ_CHUNK)
+            if not chunk:
+                break
+            data, lines = self._stdout.feed(chunk)
+            self.out.feed(data)
+            for line in lines:
+                self._line(line)
+        while channel.recv_stderr_ready():
+            chunk = channel.recv_stderr(READ_CHUNK)
+            if not chunk:
+                break
+            data, _ = self._stderr.feed(chunk)
+            self.err.feed(data)
+
+    def _line(self, line: bytes) -> None:
+        """`S PGID` once the command started, `E STATUS` once it and its clean-up are over."""
+        kind, _, value = line.partition(b" ")
+        if kind == b"S" and self.pgid is None:
+            self._started(int(value))
+        elif kind == b"E":
+            # `sN`: a signal ended it, and the code is None, as for a session's exit-signal.
+            self._code = None if value.startswith(b"s") else int(value)
+
+    def exited(self) -> bool:
+        """True once the shell reported the end (after the clean-up), or ended itself."""
+        return self._stdout.done or self._shell_gone()
+
+    def drained(self) -> bool:
+        """True once both streams reported their end, or the shell ended and all it sent was read."""
+        if self._stdout.done and self._stderr.done:
+            return True
+        channel = self.channel
+        return self._shell_gone() and not channel.recv_ready() and not channel.recv_stderr_ready()
+
+    def stopping(self, now: float) -> bool | None:
+        """Once a kill is under way: done when the shell reports the end; never past the kill's own bound."""
+        if self.kill_requested_at is None:
+            return None
+        if (self._stdout.done and self._stderr.done) or self._shell_gone():
+            return True
+        return now - self.kill_requested_at > self._target.connect_timeout + KILL_GRACE
+
+    def poll_interval(self) -> float | None:
+        """Look again soon while a kill waits for the group id; otherwise every output wakes the loop."""
+        return KILL_POLL if self.kill_requested_at is not None else STATUS_POLL
+
+    def finish(self, *, killed: bool) -> None:
+        """Take the status the shell reported; if the shell ended first, end the command's group here."""
+        if not killed:
+            self._read()
+        if killed or self._stdout.done:
+            return  # the kill, or the shell's own clean-up, ended the group
+        if not transport_alive(self.channel):
+            raise ConnectionLost(self._lost("the connection closed before the command's end was reported"))
+        # The kept shell ended mid-command (killed on the host): the command's status is
+        # lost with it, so whether it took effect is in doubt, as after a dropped
+        # connection. Whatever of it still runs is ended first, as a kill would.
+        with self.lock:
+            pgid = None if self.killed or self.pgid is None or self.pgid <= 1 else self.pgid
+            self.killed = True
+        if pgid is not None:
+            self._control(kill_script([pgid]), None)
+        raise ConnectionLost(
+            f"the shell on {self._target.endpoint} that ran the command ended before reporting the command's end "
+            f"(killed on the host?); its status is lost, and its process group {pgid} was killed"
+        )
+
+    def close(self) -> None:
+        """Deregister and give the kept shell back; close it if it did not report both ends."""
+        self._forget(self)
+        if not (self._stdout.done and self._stderr.done):
+            self._shell.close()  # mid-request: what it prints next is unknown, so start a new one
+        self._shell.release()
