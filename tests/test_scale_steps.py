@@ -308,3 +308,31 @@ def test_the_timeline_in_blocks_is_byte_identical_to_one_write_per_line(
     for block in (4, 7, 10_000):
         monkeypatch.setattr(history_cmds, "TIMELINE_BLOCK", block)
         assert _timeline(recorded, *extra) == per_line
+
+
+def test_the_phases_of_a_run_share_its_host_threads_and_none_outlive_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pre-check and the wave run over the same hosts: the wave takes the threads the
+    # pre-check started (starting threads while the first hosts work was a slow ramp).
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    host_map = ", ".join(f"h{i}: {{}}" for i in range(12))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: pool\n"
+        f"environments: {{lab: {{hosts: {{{host_map}}}}}}}\n"
+        "strategy: {waves: ['50%', '100%'], concurrency: 5}\n"
+        "prechecks: [{name: up, command: 'true'}]\n"
+        "steps:\n  - {name: one, run: 'true', rollback: 'true'}\n  - {name: two, run: 'true', rollback: 'true'}\n"
+    )
+    engine = Engine(prepare_schedule(load_plan(plan), "lab", run_id="pool"), Bus(ListSink()))
+    assert engine.run().outcome == Outcome.SUCCEEDED
+    assert len([name for name in started if name.startswith("host")]) == 5
+    assert _host_threads() == 0

@@ -140,7 +140,7 @@ class EngineCore:
             return ex
 
     def close(self) -> None:
-        """Close every executor (idempotent)."""
+        """Close every executor and end the host threads (idempotent)."""
         with self._executors_lock:
             executors = list(self._executors.values())
             self._executors.clear()
@@ -148,6 +148,7 @@ class EngineCore:
             with contextlib.suppress(Exception):  # closing is best effort; the outcome is already known
                 ex.close()
         self.runner.close()
+        self._pool.close()
 
     def _emit(self, event: Event, *, sync: bool = False) -> None:
         """Emit an event; once the journal has failed, only the rollback may go on emitting."""
