@@ -11,7 +11,11 @@ client's (so it includes the kernel's loopback work). Medians over `--runs` roun
 - session, wrapper without /bin/sh: `echo $$; ...` (what the group-id line alone costs);
 - kept shell round trip: one clean-up script sent to the kept shell and its report read back
   (what ends a command's leftovers, see rollout/executors/ssh_control.py);
-- handshake: a new connection, host key checked, key authentication, then closed.
+- handshake: a new connection, host key checked, key authentication, then closed;
+- executor, kept shell: `SshExecutor.run` of the step's command, as a step runs it: in the
+  kept shell (rollout/executors/ssh_kept.py), group id reported, clean-up included;
+- executor, own session: the same with stdin, which takes a session of its own (the
+  wrapper, then the clean-up in the kept shell).
 
 Usage: python bench/bench_ssh_ops.py [--n 200] [--runs 3] [--json]
 """
@@ -36,6 +40,7 @@ sys.path.insert(0, str(HERE))
 import paramiko  # noqa: E402
 from bench_ssh import raw_connect  # noqa: E402
 
+from rollout.executors import CommandResult, open_executor  # noqa: E402
 from tests.conftest_sshd import start_sshd, stop_sshd  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -66,6 +71,11 @@ def _session(client: paramiko.SSHClient, command: str) -> None:
     channel.close()
 
 
+def _ok(result: CommandResult) -> None:
+    if not result.ok:
+        raise RuntimeError(f"{result.command!r} failed: {result}")
+
+
 def _measure(op: Callable[[int], None], n: int) -> tuple[float, float, float]:
     """(wall, client CPU, rest of the machine's CPU) per operation, in milliseconds."""
     busy, cpu, wall = _busy(), _client_cpu(), time.perf_counter()
@@ -88,6 +98,8 @@ def main() -> None:
         server = start_sshd(work / "sshd")
         try:
             client = raw_connect(server, nodelay=True)
+            executor = open_executor(server.target("bench"))
+            assert executor.run("true").ok  # connected, kept shell started and probed
             shell = client.get_transport().open_session()  # type: ignore[union-attr]
             shell.exec_command("exec /bin/sh -s @rollout-control")
 
@@ -113,12 +125,15 @@ def main() -> None:
                 ),
                 "kept shell round trip": (kept, args.n),
                 "handshake": (lambda i: raw_connect(server, nodelay=True).close(), max(10, args.n // 5)),
+                "executor, kept shell": (lambda i: _ok(executor.run(f"echo step{i} >> {work}/d")), args.n),
+                "executor, own session": (lambda i: _ok(executor.run(f"echo step{i} >> {work}/e", stdin=b"-")), args.n),
             }
             for _ in range(args.runs):
                 for name, (op, n) in ops.items():
                     results.setdefault(name, []).append(_measure(op, n))
             shell.close()
             client.close()
+            executor.close()
         finally:
             stop_sshd(server)
     rows = {
@@ -133,9 +148,9 @@ def main() -> None:
         print(json.dumps({"n": args.n, "runs": args.runs, "results": rows}, indent=2))
         return
     print(f"per operation, median of {args.runs} runs of {args.n} (handshakes: {max(10, args.n // 5)})")
-    print(f"{'operation':<34} {'wall ms':>8} {'client CPU ms':>14} {'rest CPU ms':>12}")
+    print(f"{'operation':<36} {'wall ms':>8} {'client CPU ms':>14} {'rest CPU ms':>12}")
     for name, row in rows.items():
-        print(f"{name:<34} {row['wall_ms']:>8.2f} {row['client_cpu_ms']:>14.2f} {row['rest_cpu_ms']:>12.2f}")
+        print(f"{name:<36} {row['wall_ms']:>8.2f} {row['client_cpu_ms']:>14.2f} {row['rest_cpu_ms']:>12.2f}")
 
 
 if __name__ == "__main__":
