@@ -1,42 +1,38 @@
-"""A shell kept open on the host: it runs commands (see ssh_kept) and kill scripts, one session per connection.
+"""A shell kept open on the host for kill scripts: one session per connection, not one per script.
 
-A session costs the host an sshd fork and a login shell. One `/bin/sh` per connection,
-started through the login shell as any command is, instead runs, one request at a time:
-- commands (see ssh_kept), each in a process group of its own;
-- the clean-up after a command run on a session of its own, and the kill scripts of
-  timeouts and cancels, in itself (no fork: the common clean-up is one `kill` builtin
-  that fails on an empty group), each reporting on a line of its own:
+Every command's exit is followed by a clean-up of what it left in its process group (see
+ssh_process). On its own channel that clean-up costs a whole session: sshd forks, the login
+shell starts, runs one `kill`, and exits, on the host's CPU as much as the command itself.
+Here the scripts go, one at a time, to a `/bin/sh` started once per connection, which runs
+each in itself (no fork: the common clean-up is one `kill` builtin that fails on an empty
+group) and reports on a line of its own:
 
     { SCRIPT
     } </dev/null >/dev/null 2>&1; echo "@rollout-control N $?"
 
 so the scripts never call `exit` (see ssh_process); one that did would end the shell, and
-the next script would take a channel of its own. Their variables are all named `_r...`,
-so that none changes a variable the login environment exported to the commands.
+the next script would take a channel of its own.
 
 The shell is a session of its own (sshd's setsid), so it is in no command's process group
-and survives every kill it sends. It reads its requests from the channel: when the
+and survives every kill it sends. It reads its scripts from the channel: when the
 connection ends, its stdin ends and so does it; nothing it starts outlives the connection
-by more than the request it is running. A probe on its first use (`probe`) learns whether
-it can run commands at all.
+by more than the script it is running.
 
 The kept shell is an optimisation, never a dependency. It is used only by one caller at a
-time (a second concurrent command or kill takes a channel of its own, as it always did);
-if it cannot be started, if it dies, or if a request does not report in time, it is closed
-and the caller falls back to a channel of its own. Lines other than the report (a login
-shell's start-up files may print) are ignored. It holds one of the connection's sessions
-(sshd's MaxSessions, 10 by default); when sshd refuses a command's session, the executor
-closes the kept shell (once it is idle) and asks again.
+time (a second concurrent kill takes a channel of its own, as it always did); if it cannot
+be started, if it dies, or if a script does not report in time, it is closed and the
+caller falls back to a channel of its own. Lines other than the report (a login shell's
+start-up files may print) are ignored. It holds one of the connection's sessions (sshd's
+MaxSessions, 10 by default); when sshd refuses a command's session, the executor closes
+the kept shell and asks again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import secrets
 import threading
 import time
-from collections.abc import Callable
 
 import paramiko
 
@@ -47,37 +43,27 @@ _NOISE_CAP = 64 * 1024
 
 
 class ControlShell:
-    """One `/bin/sh` on the host that runs kill scripts, and commands (see ssh_kept), sent over a kept channel."""
+    """One `/bin/sh` on the host that runs kill scripts sent over a kept channel."""
 
     def __init__(self, transport: paramiko.Transport, *, timeout: float) -> None:
         """Open the session and start the shell; raises paramiko.SSHException or OSError if it cannot."""
         self.lock = threading.Lock()
-        #: Marks the kept shell's own lines among a command's output (see ssh_kept): unguessable.
-        self.tag = f"{MARK}:{secrets.token_hex(8)}"
-        #: Whether commands can run here (setsid exists and does not fork); None until probed.
-        self.commands: bool | None = None
         self._seq = 0
         self._buffer = bytearray()
         self._closed = False
-        self._retire = False  # close on release: sshd's MaxSessions wants the session back
         #: The first line the shell printed that was not a report: a start-up file's output.
         self.noise: bytes | None = None
-        self.channel = transport.open_session(timeout=timeout)
+        self._channel = transport.open_session(timeout=timeout)
         try:
-            self.channel.exec_command(f"exec /bin/sh -s {MARK}")
+            self._channel.exec_command(f"exec /bin/sh -s {MARK}")
         except BaseException:
-            self.channel.close()
+            self._channel.close()
             raise
 
     @property
     def usable(self) -> bool:
         """False once closed, or once the shell or the connection under it ended."""
-        return not self._closed and not self.channel.closed and not self.channel.eof_received
-
-    def next_seq(self) -> int:
-        """A number for the next request, so that no report is taken for another's."""
-        self._seq += 1
-        return self._seq
+        return not self._closed and not self._channel.closed and not self._channel.eof_received
 
     def run(self, script: str, *, timeout: float) -> bool:
         """Run `script` in the shell and wait for its report; False (and closed) if there was none within `timeout`.
@@ -85,57 +71,15 @@ class ControlShell:
         The caller holds `lock`. The script's exit status does not matter: the kill
         scripts end with `true`, and what counts is that they ran to the end.
         """
-        seq = self.next_seq()
-        request = f'{{ {script}\n}} </dev/null >/dev/null 2>&1; echo "{MARK} {seq} $?"\n'
-        return self._exchange(request, seq, timeout, lambda _line: False)
-
-    def probe(self, *, timeout: float) -> bool:
-        """Check that the shell answers, and learn whether it can run commands; False (and closed) if no answer.
-
-        A command runs as `setsid /bin/sh -c ...` in the background (see ssh_kept), which
-        holds only where:
-        - setsid exists and does not fork (it forks only when it is a group leader, which a
-          child of this shell never is), so that `$!` is the command's process group;
-        - `wait` tells a command ended by a signal from one that exited 128+N: shells print
-          a notice of the signal on wait's stderr (not for SIGINT and SIGPIPE), caught here
-          in a deleted temporary file the shell keeps open as fd 5 and reopens by
-          /dev/fd/5 (a fresh offset, on Linux) to write and read it.
-        """
-        seq = self.next_seq()
-        seen: dict[bytes, bytes] = {}
-        tag = self.tag.encode()
-
-        def probe_line(line: bytes) -> bool:
-            fields = line.split()
-            if fields[:1] == [tag] and len(fields) in (2, 3):
-                seen[fields[1]] = fields[2] if len(fields) == 3 else b""
-                return True
-            return False
-
-        t = self.tag
-        request = (
-            '{ if _rf=$(mktemp) && command exec 5<>"$_rf" && rm -f "$_rf"; then '
-            f'setsid /bin/sh -c \'echo "{t} P $$"\' </dev/null 5>&- & echo "{t} Q $!"; '
-            f'wait $! 2>/dev/fd/5; _rs=; read -r _rs </dev/fd/5; [ -z "$_rs" ] && echo "{t} N"; '
-            "setsid /bin/sh -c 'kill -9 $$' </dev/null 5>&- & "
-            f'wait $! 2>/dev/fd/5; _rs=; read -r _rs </dev/fd/5; [ -n "$_rs" ] && echo "{t} K"; '
-            f'fi; }} </dev/null 2>/dev/null; echo "{MARK} {seq} $?"\n'
-        )
-        answered = self._exchange(request, seq, timeout, probe_line)
-        self.commands = (
-            answered and self.noise is None and seen.get(b"P", b"-") == seen.get(b"Q") and b"N" in seen and b"K" in seen
-        )
-        return answered
-
-    def _exchange(self, request: str, seq: int, timeout: float, expected: Callable[[bytes], bool]) -> bool:
-        """Send `request` and read lines until report `seq`; lines neither reported nor `expected` are noise."""
         if not self.usable:
             return False
-        report = f"{MARK} {seq} ".encode()
+        self._seq += 1
+        report = f"{MARK} {self._seq} ".encode()
+        request = f'{{ {script}\n}} </dev/null >/dev/null 2>&1; echo "{MARK} {self._seq} $?"\n'
         deadline = time.monotonic() + timeout
         try:
-            self.channel.settimeout(timeout)
-            self.channel.sendall(request.encode())
+            self._channel.settimeout(timeout)
+            self._channel.sendall(request.encode())
             while True:
                 line_end = self._buffer.find(b"\n")
                 if line_end >= 0:
@@ -143,7 +87,7 @@ class ControlShell:
                     del self._buffer[: line_end + 1]
                     if line.startswith(report):
                         return True
-                    if not expected(line) and self.noise is None:  # the scripts print nothing: a start-up file did
+                    if self.noise is None:  # the scripts print nothing: a start-up file did
                         self.noise = line[:200]
                     continue
                 if len(self._buffer) > _NOISE_CAP:
@@ -151,38 +95,17 @@ class ControlShell:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self.channel.settimeout(left)
-                chunk = self.channel.recv(4096)
+                self._channel.settimeout(left)
+                chunk = self._channel.recv(4096)
                 if not chunk:
                     break  # the shell exited, or the connection is gone
                 self._buffer += chunk
-                while self.channel.recv_stderr_ready():  # the shell's own complaints, if any
-                    self.channel.recv_stderr(4096)
+                while self._channel.recv_stderr_ready():  # the shell's own complaints, if any
+                    self._channel.recv_stderr(4096)
         except (paramiko.SSHException, EOFError, OSError):  # a timeout is an OSError too
             pass
         self.close()
         return False
-
-    def discard_pending(self) -> None:
-        """Drop what the shell printed outside any request (nothing, unless a detached process writes there)."""
-        self._buffer.clear()
-        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-            while self.channel.recv_ready():
-                self.channel.recv(65536)
-            while self.channel.recv_stderr_ready():
-                self.channel.recv_stderr(65536)
-
-    def retire(self) -> None:
-        """Close the shell when its current user releases it (now, if it has none)."""
-        self._retire = True
-        if self.lock.acquire(blocking=False):
-            self.release()
-
-    def release(self) -> None:
-        """Give the shell back after `acquire`; it closes instead if it was retired meanwhile."""
-        if self._retire:
-            self.close()
-        self.lock.release()
 
     def close(self) -> None:
         """Close the channel: the shell reads EOF and exits; idempotent, and quiet on a dead connection."""
@@ -190,7 +113,7 @@ class ControlShell:
         # On a connection that just died, closing fails too (the CLOSE message cannot be
         # sent); the shell goes with the connection all the same.
         with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-            self.channel.close()
+            self._channel.close()
 
 
 class ShellKeeper:
@@ -228,7 +151,7 @@ class ShellKeeper:
         if not shell.lock.acquire(blocking=False):
             return None
         if not shell.usable:
-            shell.release()
+            shell.lock.release()
             return None
         return shell
 
@@ -240,9 +163,7 @@ class ShellKeeper:
                 self._no_shell_on = transport
         if shell is None:
             return False
-        # A shell running a command is closed when the command ends: closing it now would
-        # leave the command running with no one to report or clean up after it.
-        shell.retire()
+        shell.close()
         self._closed_at = time.monotonic()
         return True
 
