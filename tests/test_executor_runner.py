@@ -332,19 +332,22 @@ class _ArrivedWithEof:
 
 def test_ssh_output_that_arrives_with_eof_is_read_before_the_command_counts_as_drained() -> None:
     """paramiko flags EOF from its own thread: output buffered before it must still be read."""
-    from rollout.executors.ssh_process import RemoteProcess
+    from rollout.executors.ssh_process import RemoteHooks, RemoteProcess
 
     channel = _ArrivedWithEof()
+    hooks = RemoteHooks(
+        Target("h1"),
+        output_cap=1024,
+        control=lambda _script, _become: True,
+        orphan=lambda _pgid, _become: None,
+        forget=lambda _process: None,
+    )
     process = RemoteProcess(
         channel,  # type: ignore[arg-type]
-        target=Target("h1"),
+        hooks,
         remote_command="echo still usable",
         stdin=None,
-        output_cap=1024,
         on_start=None,
-        control=lambda _script: True,
-        orphan=lambda _pgid: None,
-        forget=lambda _process: None,
     )
     assert process.exited()
     assert not process.drained(), "EOF is flagged, but output before it has not been read"

@@ -51,6 +51,13 @@ HOSTS = ("h1", "h2", "h3", "h4")
 # machine, the dead run's shells are still mid-step when recover looks for them. The test
 # creates it once recover has finished: a shell still alive then would write v2.
 GATE = "release"
+#: Shell that prints the pid of the nearest sshd process above it (the one serving its
+#: connection). It writes nothing to stderr: once the connection is gone, that would be a
+#: broken pipe, and SIGPIPE would end the command.
+NEAREST_SSHD = (
+    '_p=$PPID; while [ "$(ps -o comm= -p $_p 2>/dev/null)" != sshd ]; do '
+    '_p=$(ps -o ppid= -p $_p 2>/dev/null); [ -n "$_p" ] && [ "$_p" -gt 1 ] || break; done; echo $_p'
+)
 
 
 def gate_wait(gate: Path) -> str:
@@ -252,8 +259,10 @@ def _ssh_plan(tmp_path: Path, sshd: SshdServer) -> tuple[Path, Path]:
         "steps": [
             {
                 "name": "upgrade",
-                # $PPID is the sshd process serving this connection: killing it drops the connection.
-                "run": f"echo $PPID > {work}/sshd.pid; echo $$ > {work}/cmd.pid; "
+                # The nearest sshd above the command serves this connection: killing it drops
+                # the connection. (The command's parent is sshd for a session of its own, the
+                # kept shell when that runs it.)
+                "run": f"{NEAREST_SSHD} > {work}/sshd.pid; echo $$ > {work}/cmd.pid; "
                 f"{gate_wait(tmp_path / GATE)}; echo v2 > {work}/version",
                 "rollback": f"echo v1 > {work}/version",
                 "timeout": "30s",

@@ -1,7 +1,8 @@
 """Run commands on an SSH host with paramiko: the connection, commands and files.
 
-One connection per target, opened lazily (see ssh_connect) and reopened after a drop,
-and one channel per command (see ssh_process, driven by the shared runner loop). The
+One connection per target, opened lazily (see ssh_connect) and reopened after a drop.
+A command runs in the connection's kept shell when it can (see ssh_kept), else on a
+channel of its own (see ssh_process); both are driven by the shared runner loop. The
 process groups of commands cut off by a dropped connection are killed first thing after
 reconnecting, before any other command (a rollback) runs on the host. Every paramiko
 and socket exception is translated into ConnectError or ExecutorError naming the host,
@@ -39,12 +40,15 @@ from rollout.executors.base import (
 from rollout.executors.faults import READ_FAULTS, WRITE_FAULTS, FaultTable, translate
 from rollout.executors.runner import run_process
 from rollout.executors.ssh_connect import Route, connect
-from rollout.executors.ssh_control import ShellKeeper
+from rollout.executors.ssh_control import ControlShell, ShellKeeper
+from rollout.executors.ssh_kept import KeptCommand, NotTaken
 from rollout.executors.ssh_process import (
+    RemoteCommand,
+    RemoteHooks,
     RemoteProcess,
-    controlled,
     kill_runs,
     kill_script,
+    run_control,
     unexpected_output,
     wrap,
 )
@@ -81,14 +85,15 @@ class SshExecutor:
         self._route: Route | None = None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self._in_flight: set[RemoteProcess] = set()
+        self._in_flight: set[RemoteCommand] = set()
         # Process groups of commands whose connection dropped: they may still run, and
         # are killed on the next connection before anything else runs there (through the
         # sudo that started them, if one did).
         self._orphans: dict[int, Become | None] = {}
-        # The kept shell for kill scripts (see ssh_control), started on first need; the
-        # transport it could not be started on, so that it is not tried for every command.
+        # The kept shell for commands and kill scripts (see ssh_control, ssh_kept), started
+        # on first need, and not tried again on a transport it could not start on.
         self._shells = ShellKeeper(target.connect_timeout)
+        self._hooks = RemoteHooks(target, output_cap, self._control, self._add_orphan, self._forget)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -136,10 +141,10 @@ class SshExecutor:
         shell = self._shells.acquire(self._client)
         if shell is not None:
             try:
-                answered = shell.run(":", timeout=timeout)
+                answered = shell.probe(timeout=timeout)
                 noise = shell.noise
             finally:
-                shell.lock.release()
+                shell.release()
             if noise is not None:
                 return str(ExecutorError(unexpected_output(noise), host=self.target.name))
             if answered:
@@ -182,19 +187,10 @@ class SshExecutor:
         self, transport: paramiko.Transport | None, pgids: list[int], become: Become | None
     ) -> tuple[int, str]:
         """Run the kill script for `pgids` on a fresh channel of `transport`: its exit status and why."""
-        script, stdin = controlled(kill_script(pgids), become)
         try:
             assert transport is not None
             channel = transport.open_session(timeout=self.target.connect_timeout)
-            try:
-                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
-                channel.exec_command(script)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-                status = channel.recv_exit_status()
-            finally:
-                channel.close()
+            status = run_control(channel, kill_script(pgids), become, KILL_GRACE + self.target.connect_timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             return -1, f": {exc}"
         return status, f" (exit {status})"
@@ -243,28 +239,47 @@ class SshExecutor:
         on_start: OnStart | None = None,
         become: Become | None = None,
     ) -> CommandResult:
-        """Run `command` with /bin/sh on the host (through sudo with `become`) and wait for it, the timeout, or a cancel."""
-        wrapped = wrap(command, validate_env(env), become)
+        """Run `command` with /bin/sh on the host (through sudo with `become`) and wait for it, the timeout, or a cancel.
+
+        In the kept shell when it is free and the command needs no stdin and no sudo (see
+        ssh_kept), else on a session of its own.
+        """
+        env = validate_env(env)
+        started = time.monotonic()
+        shell = self._command_shell() if become is None and not stdin else None
+        if shell is not None:
+            kept = KeptCommand(shell, self._hooks, command=command, env=env, on_start=on_start)
+            with self._lock:
+                self._in_flight.add(kept)
+            try:
+                return run_process(kept, host=self.target.name, command=command, timeout=timeout, started=started)
+            except NotTaken:
+                pass  # the supervisor was gone before it read the command: run it on a session
+        wrapped = wrap(command, env, become)
         if become is not None:
             stdin = become.stdin(stdin)
-        started = time.monotonic()
+        channel = self._open_channel()
         entry = RemoteProcess(
-            self._open_channel(),
-            target=self.target,
-            remote_command=wrapped,
-            stdin=stdin,
-            output_cap=self.output_cap,
-            on_start=on_start,
-            control=self._control,
-            orphan=self._add_orphan,
-            forget=self._forget,
-            become=become,
+            channel, self._hooks, remote_command=wrapped, stdin=stdin, on_start=on_start, become=become
         )
         with self._lock:
             self._in_flight.add(entry)
         return run_process(entry, host=self.target.name, command=command, timeout=timeout, started=started)
 
-    def _forget(self, entry: RemoteProcess) -> None:
+    def _command_shell(self) -> ControlShell | None:
+        """The kept shell, locked for one command, where it can run commands; None to take a session."""
+        self._transport()  # (re)connect first, ending what a dropped connection cut off, as a session would
+        shell = self._shells.acquire(self._client)
+        if shell is None:
+            return None
+        if shell.commands is None:
+            shell.probe(timeout=self.target.connect_timeout)
+        if shell.commands and shell.usable:
+            return shell
+        shell.release()
+        return None
+
+    def _forget(self, entry: RemoteCommand) -> None:
         with self._lock:
             self._in_flight.discard(entry)
 
@@ -285,19 +300,9 @@ class SshExecutor:
                     if shell.run(script, timeout=KILL_GRACE + self.target.connect_timeout):
                         return True
                 finally:
-                    shell.lock.release()
-        script, stdin = controlled(script, become)
+                    shell.release()
         try:
-            channel = self._open_channel()
-            try:
-                channel.settimeout(KILL_GRACE + self.target.connect_timeout)
-                channel.exec_command(script)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-                channel.recv_exit_status()
-            finally:
-                channel.close()
+            run_control(self._open_channel(), script, become, KILL_GRACE + self.target.connect_timeout)
         except (ExecutorError, paramiko.SSHException, OSError):
             return False
         return True

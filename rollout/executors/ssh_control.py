@@ -1,11 +1,10 @@
-"""A shell kept open on the host for kill scripts: one session per connection, not one per script.
+"""A shell kept open on the host for commands and kill scripts: one session per connection.
 
-Every command's exit is followed by a clean-up of what it left in its process group (see
-ssh_process). On its own channel that clean-up costs a whole session: sshd forks, the login
-shell starts, runs one `kill`, and exits, on the host's CPU as much as the command itself.
-Here the scripts go, one at a time, to a `/bin/sh` started once per connection, which runs
-each in itself (no fork: the common clean-up is one `kill` builtin that fails on an empty
-group) and reports on a line of its own:
+A session costs the host an sshd fork and a login shell. One `/bin/sh` per connection,
+started through the login shell as any command is, instead runs, one request at a time,
+the clean-up after a command run on a session of its own and the kill scripts of timeouts
+and cancels, in itself (no fork: the common clean-up is one `kill` builtin that fails on an
+empty group), each reporting on a line of its own:
 
     { SCRIPT
     } </dev/null >/dev/null 2>&1; echo "@rollout-control N $?"
@@ -13,28 +12,38 @@ group) and reports on a line of its own:
 so the scripts never call `exit` (see ssh_process); one that did would end the shell, and
 the next script would take a channel of its own.
 
+On its first use (`probe`), where the host has perl and setsid, the shell replaces itself
+with a supervisor (see ssh_agent) that also runs commands (see ssh_kept), each in a
+process group and session of its own, reporting the exact status: a POSIX shell cannot
+tell a command ended by a signal from one that exited 128+N. The supervisor runs the
+scripts with /bin/sh and reports them the same way.
+
 The shell is a session of its own (sshd's setsid), so it is in no command's process group
-and survives every kill it sends. It reads its scripts from the channel: when the
+and survives every kill it sends. It reads its requests from the channel: when the
 connection ends, its stdin ends and so does it; nothing it starts outlives the connection
-by more than the script it is running.
+by more than the request it is running.
 
 The kept shell is an optimisation, never a dependency. It is used only by one caller at a
-time (a second concurrent kill takes a channel of its own, as it always did); if it cannot
-be started, if it dies, or if a script does not report in time, it is closed and the
-caller falls back to a channel of its own. Lines other than the report (a login shell's
-start-up files may print) are ignored. It holds one of the connection's sessions (sshd's
-MaxSessions, 10 by default); when sshd refuses a command's session, the executor closes
-the kept shell and asks again.
+time (a second concurrent command or kill takes a channel of its own, as it always did);
+if it cannot be started, if it dies, or if a request does not report in time, it is closed
+and the caller falls back to a channel of its own. Lines other than the report (a login
+shell's start-up files may print) are ignored. It holds one of the connection's sessions
+(sshd's MaxSessions, 10 by default); when sshd refuses a command's session, the executor
+closes the kept shell (once it is idle) and asks again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import threading
 import time
+from collections.abc import Callable
 
 import paramiko
+
+from rollout.executors import ssh_agent
 
 #: How the report line starts; the shell's argument too, so it can be told apart in `ps`.
 MARK = "@rollout-control"
@@ -43,51 +52,113 @@ _NOISE_CAP = 64 * 1024
 
 
 class ControlShell:
-    """One `/bin/sh` on the host that runs kill scripts sent over a kept channel."""
+    """One `/bin/sh` on the host that runs kill scripts, and commands (see ssh_kept), sent over a kept channel."""
 
     def __init__(self, transport: paramiko.Transport, *, timeout: float) -> None:
         """Open the session and start the shell; raises paramiko.SSHException or OSError if it cannot."""
         self.lock = threading.Lock()
+        #: Marks the kept shell's own lines among a command's output (see ssh_kept): unguessable.
+        self.tag = f"{MARK}:{secrets.token_hex(8)}"
+        #: Whether the supervisor runs here, and so commands can (see ssh_agent); None until probed.
+        self.commands: bool | None = None
         self._seq = 0
         self._buffer = bytearray()
         self._closed = False
+        self._retire = False  # close on release: sshd's MaxSessions wants the session back
         #: The first line the shell printed that was not a report: a start-up file's output.
         self.noise: bytes | None = None
-        self._channel = transport.open_session(timeout=timeout)
+        self.channel = transport.open_session(timeout=timeout)
         try:
-            self._channel.exec_command(f"exec /bin/sh -s {MARK}")
+            self.channel.exec_command(f"exec /bin/sh -s {MARK}")
         except BaseException:
-            self._channel.close()
+            self.channel.close()
             raise
 
     @property
     def usable(self) -> bool:
         """False once closed, or once the shell or the connection under it ended."""
-        return not self._closed and not self._channel.closed and not self._channel.eof_received
+        return not self._closed and not self.channel.closed and not self.channel.eof_received
+
+    def next_seq(self) -> int:
+        """A number for the next request, so that no report is taken for another's."""
+        self._seq += 1
+        return self._seq
 
     def run(self, script: str, *, timeout: float) -> bool:
-        """Run `script` in the shell and wait for its report; False (and closed) if there was none within `timeout`.
+        """Run `script` in the shell (or the supervisor) and wait for its report; False (and closed) if none within `timeout`.
 
         The caller holds `lock`. The script's exit status does not matter: the kill
         scripts end with `true`, and what counts is that they ran to the end.
         """
+        seq = self.next_seq()
+        if self.commands:
+            return self._exchange(ssh_agent.control(seq, script), seq, timeout, lambda _line: False)
+        request = f'{{ {script}\n}} </dev/null >/dev/null 2>&1; echo "{MARK} {seq} $?"\n'
+        return self._exchange(request, seq, timeout, lambda _line: False)
+
+    def probe(self, *, timeout: float) -> bool:
+        """Check that the shell answers, and start the supervisor where it can; False (and closed) if no answer.
+
+        Where the host has `perl`, and setsid(2) by a number we know for its `uname -m` or
+        util-linux `setsid`, the shell replaces itself with the supervisor (see ssh_agent),
+        which then runs commands and control scripts; it answers once its own check showed
+        that a child becomes a session and group of its own. Elsewhere the shell stays a
+        shell, for control scripts only, and commands take sessions of their own.
+        """
+        seq = self.next_seq()
+        tools = f"{self.tag} tools "
+        found: list[bytes] = []
+
+        def tools_line(line: bytes) -> bool:
+            if line.startswith(tools.encode()):
+                found.append(line[len(tools) :])
+                return True
+            return False
+
+        request = (
+            f'{{ command -v perl >/dev/null && echo "{tools}$(uname -m) $(command -v setsid)"; }} </dev/null 2>/dev/null; '
+            f'echo "{MARK} {seq} $?"\n'
+        )
+        if not self._exchange(request, seq, timeout, tools_line):
+            return False
+        self.commands = False
+        if not found or self.noise is not None:
+            return True
+        machine, _, setsid_path = found[0].decode(errors="replace").partition(" ")
+        setsid_nr = ssh_agent.setsid_syscall(machine)
+        if not setsid_nr and not setsid_path.strip():
+            return True  # neither setsid(2) by number nor util-linux setsid
+        seq = self.next_seq()
+        answered = self._exchange(
+            ssh_agent.start(MARK, self.tag, seq, setsid_nr), seq, timeout, lambda _line: False, want="0"
+        )
+        if answered:
+            self.commands = True
+            return True
+        # The shell is gone (replaced by a supervisor that failed its check): a later
+        # caller starts a new shell, which stays a shell.
+        self.close()
+        return True
+
+    def _exchange(
+        self, request: str, seq: int, timeout: float, expected: Callable[[bytes], bool], *, want: str | None = None
+    ) -> bool:
+        """Send `request` and read lines until report `seq` (with status `want`, if given); other lines not `expected` are noise."""
         if not self.usable:
             return False
-        self._seq += 1
-        report = f"{MARK} {self._seq} ".encode()
-        request = f'{{ {script}\n}} </dev/null >/dev/null 2>&1; echo "{MARK} {self._seq} $?"\n'
+        report = f"{MARK} {seq} ".encode()
         deadline = time.monotonic() + timeout
         try:
-            self._channel.settimeout(timeout)
-            self._channel.sendall(request.encode())
+            self.channel.settimeout(timeout)
+            self.channel.sendall(request.encode())
             while True:
                 line_end = self._buffer.find(b"\n")
                 if line_end >= 0:
                     line = bytes(self._buffer[:line_end])
                     del self._buffer[: line_end + 1]
                     if line.startswith(report):
-                        return True
-                    if self.noise is None:  # the scripts print nothing: a start-up file did
+                        return want is None or line[len(report) :] == want.encode()
+                    if not expected(line) and self.noise is None:  # the scripts print nothing: a start-up file did
                         self.noise = line[:200]
                     continue
                 if len(self._buffer) > _NOISE_CAP:
@@ -95,17 +166,38 @@ class ControlShell:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._channel.settimeout(left)
-                chunk = self._channel.recv(4096)
+                self.channel.settimeout(left)
+                chunk = self.channel.recv(4096)
                 if not chunk:
                     break  # the shell exited, or the connection is gone
                 self._buffer += chunk
-                while self._channel.recv_stderr_ready():  # the shell's own complaints, if any
-                    self._channel.recv_stderr(4096)
+                while self.channel.recv_stderr_ready():  # the shell's own complaints, if any
+                    self.channel.recv_stderr(4096)
         except (paramiko.SSHException, EOFError, OSError):  # a timeout is an OSError too
             pass
         self.close()
         return False
+
+    def discard_pending(self) -> None:
+        """Drop what the shell printed outside any request (nothing, unless a detached process writes there)."""
+        self._buffer.clear()
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            while self.channel.recv_ready():
+                self.channel.recv(65536)
+            while self.channel.recv_stderr_ready():
+                self.channel.recv_stderr(65536)
+
+    def retire(self) -> None:
+        """Close the shell when its current user releases it (now, if it has none)."""
+        self._retire = True
+        if self.lock.acquire(blocking=False):
+            self.release()
+
+    def release(self) -> None:
+        """Give the shell back after `acquire`; it closes instead if it was retired meanwhile."""
+        if self._retire:
+            self.close()
+        self.lock.release()
 
     def close(self) -> None:
         """Close the channel: the shell reads EOF and exits; idempotent, and quiet on a dead connection."""
@@ -113,7 +205,7 @@ class ControlShell:
         # On a connection that just died, closing fails too (the CLOSE message cannot be
         # sent); the shell goes with the connection all the same.
         with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
-            self._channel.close()
+            self.channel.close()
 
 
 class ShellKeeper:
@@ -151,7 +243,7 @@ class ShellKeeper:
         if not shell.lock.acquire(blocking=False):
             return None
         if not shell.usable:
-            shell.lock.release()
+            shell.release()
             return None
         return shell
 
@@ -163,7 +255,9 @@ class ShellKeeper:
                 self._no_shell_on = transport
         if shell is None:
             return False
-        shell.close()
+        # A shell running a command is closed when the command ends: closing it now would
+        # leave the command running with no one to report or clean up after it.
+        shell.retire()
         self._closed_at = time.monotonic()
         return True
 
