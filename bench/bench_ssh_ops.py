@@ -12,10 +12,9 @@ client's (so it includes the kernel's loopback work). Medians over `--runs` roun
 - kept shell round trip: one clean-up script sent to the kept shell and its report read back
   (what ends a command's leftovers, see rollout/executors/ssh_control.py);
 - handshake: a new connection, host key checked, key authentication, then closed;
-- executor, kept shell: `SshExecutor.run` of the step's command, as a step runs it: in the
-  kept shell (rollout/executors/ssh_kept.py), group id reported, clean-up included;
-- executor, own session: the same with stdin, which takes a session of its own (the
-  wrapper, then the clean-up in the kept shell).
+- executor: `SshExecutor.run` of the step's command, as a step runs it (a session with the
+  wrapper, the group id reported, then the clean-up in the kept shell), the executor's own
+  Python work included.
 
 Usage: python bench/bench_ssh_ops.py [--n 200] [--runs 3] [--json]
 """
@@ -99,7 +98,7 @@ def main() -> None:
         try:
             client = raw_connect(server, nodelay=True)
             executor = open_executor(server.target("bench"))
-            assert executor.run("true").ok  # connected, kept shell started and probed
+            assert executor.run("true").ok  # connected
             shell = client.get_transport().open_session()  # type: ignore[union-attr]
             shell.exec_command("exec /bin/sh -s @rollout-control")
 
@@ -125,8 +124,7 @@ def main() -> None:
                 ),
                 "kept shell round trip": (kept, args.n),
                 "handshake": (lambda i: raw_connect(server, nodelay=True).close(), max(10, args.n // 5)),
-                "executor, kept shell": (lambda i: _ok(executor.run(f"echo step{i} >> {work}/d")), args.n),
-                "executor, own session": (lambda i: _ok(executor.run(f"echo step{i} >> {work}/e", stdin=b"-")), args.n),
+                "executor": (lambda i: _ok(executor.run(f"echo step{i} >> {work}/d")), args.n),
             }
             for _ in range(args.runs):
                 for name, (op, n) in ops.items():

@@ -88,8 +88,7 @@ def run_control(channel: paramiko.Channel, script: str, become: Become | None, t
 def kill_script(pgids: list[int]) -> str:
     """Shell that SIGTERMs the groups, waits up to the grace, then SIGKILLs survivors.
 
-    Like every control script it never calls `exit`: it also runs inside the kept shell,
-    where its variables (all `_r...`, as there) must not change one a command would inherit.
+    Like every control script it never calls `exit`: it also runs inside the kept shell.
     """
     groups = " ".join(str(p) for p in pgids)
     rounds = max(1, int(KILL_GRACE / 0.05))
@@ -99,26 +98,23 @@ def kill_script(pgids: list[int]) -> str:
     # procps `ps -s` selects by; where ps cannot do that, fall back to `kill -0`.
     # `kill -SIG -PGID` without `--`: dash rejects `--`, and both dash and bash accept this.
     return (
-        f"_rg='{groups}'; "
-        "_ralive() { _rs=$(ps -o stat= -s $1 2>/dev/null) || { kill -0 -$1 2>/dev/null; return; }; "
-        "printf '%s\\n' \"$_rs\" | grep -qv '^Z'; }; "
-        "for _rp in $_rg; do kill -TERM -$_rp; done 2>/dev/null; _rn=0; _ra=1; "
-        f'while [ -n "$_ra" ] && [ $_rn -lt {rounds} ]; do _ra=; for _rp in $_rg; do _ralive $_rp && _ra=1; done; '
-        '[ -n "$_ra" ] && { sleep 0.05; _rn=$((_rn+1)); }; done; '
-        'if [ -n "$_ra" ]; then for _rp in $_rg; do kill -KILL -$_rp; done 2>/dev/null; fi; true'
+        f"g='{groups}'; "
+        "alive() { s=$(ps -o stat= -s $1 2>/dev/null) || { kill -0 -$1 2>/dev/null; return; }; "
+        "printf '%s\\n' \"$s\" | grep -qv '^Z'; }; "
+        "for p in $g; do kill -TERM -$p; done 2>/dev/null; n=0; a=1; "
+        f'while [ -n "$a" ] && [ $n -lt {rounds} ]; do a=; for p in $g; do alive $p && a=1; done; '
+        '[ -n "$a" ] && { sleep 0.05; n=$((n+1)); }; done; '
+        'if [ -n "$a" ]; then for p in $g; do kill -KILL -$p; done 2>/dev/null; fi; true'
     )
 
 
-def leftovers_script(pgid: int | str) -> str:
-    """Shell that ends what an exited command left in its group: nothing to do costs one kill(2).
-
-    `pgid` is a number, or a shell word that expands to one (the kept shell's `$_rp`).
-    """
+def leftovers_script(pgid: int) -> str:
+    """Shell that ends what an exited command left in its group: nothing to do costs one kill(2)."""
     rounds = max(1, int(KILL_GRACE / 0.05))
     # TERM fails when the group is empty: the common case ends there, with no ps and no wait.
     return (
-        f"if kill -TERM -{pgid} 2>/dev/null; then _rn=0; "
-        f"while [ $_rn -lt {rounds} ] && kill -0 -{pgid} 2>/dev/null; do sleep 0.05; _rn=$((_rn+1)); done; "
+        f"if kill -TERM -{pgid} 2>/dev/null; then n=0; "
+        f"while [ $n -lt {rounds} ] && kill -0 -{pgid} 2>/dev/null; do sleep 0.05; n=$((n+1)); done; "
         f"kill -KILL -{pgid} 2>/dev/null; fi; true"
     )
 
