@@ -12,9 +12,9 @@ client's (so it includes the kernel's loopback work). Medians over `--runs` roun
 - kept shell round trip: one clean-up script sent to the kept shell and its report read back
   (what ends a command's leftovers, see rollout/executors/ssh_control.py);
 - handshake: a new connection, host key checked, key authentication, then closed;
-- executor: `SshExecutor.run` of the step's command, as a step runs it (a session with the
-  wrapper, the group id reported, then the clean-up in the kept shell), the executor's own
-  Python work included.
+- executor: `SshExecutor.run` of the step's command, as a step runs it (by the kept shell's
+  supervisor where the host has perl, see rollout/executors/ssh_kept.py; else on a session
+  with the wrapper), the executor's own Python work included.
 
 Usage: python bench/bench_ssh_ops.py [--n 200] [--runs 3] [--json]
 """

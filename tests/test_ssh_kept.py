@@ -21,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -241,3 +242,48 @@ def test_both_ways_to_a_session_give_the_exact_status_and_group(
         assert ex.run("exit 143").exit_code == 143
     finally:
         ex.close()
+
+
+def test_a_supervisor_that_fails_its_check_is_tried_once_and_commands_take_sessions(
+    kept_sshd: SshdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine = os.uname().machine
+    if ssh_agent.setsid_syscall(machine) == 0:
+        pytest.skip(f"no setsid(2) number known for {machine}")
+    # 39 is getpid(2) on x86_64 (and harmless elsewhere: the check only compares numbers):
+    # the child stays in the supervisor's group, which the check refuses.
+    monkeypatch.setattr(ssh_agent, "SETSID_SYSCALLS", {machine: 39 if machine == "x86_64" else 172})
+    starts: list[str] = []
+    original = ssh_agent.start
+
+    def counting_start(*args: Any) -> str:
+        starts.append("start")
+        return original(*args)
+
+    monkeypatch.setattr(ssh_agent, "start", counting_start)
+    ex = open_executor(kept_sshd.target("ssh-1"))
+    try:
+        assert isinstance(ex, SshExecutor)
+        assert ex.check_ready(DEADLINE) is None
+        for _ in range(3):
+            result = ex.run("echo $PPID")
+            assert result.ok, result
+            assert int(result.stdout) not in control_shells(kept_sshd)
+        assert ex.run("kill -TERM $$").exit_code is None
+        assert starts == ["start"]
+    finally:
+        ex.close()
+
+
+def test_a_command_sent_to_a_supervisor_that_just_died_runs_once(
+    executor: SshExecutor, kept_sshd: SshdServer, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    for n in range(1, 6):
+        [shell] = wait_for_shells(kept_sshd, 1)
+        os.kill(shell, signal.SIGKILL)
+        assert wait_until_gone([shell], timeout=DEADLINE) == []
+        # Sent before or after this side noticed: either way the command runs, exactly once.
+        result = executor.run(f"echo {n} >> {ran}")
+        assert result.ok, result
+        assert ran.read_text().split() == [str(i) for i in range(1, n + 1)]

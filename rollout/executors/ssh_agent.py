@@ -13,8 +13,8 @@ request per line:
     K N HEX(SCRIPT)        run a control script with /bin/sh, output discarded; answers
                            "@rollout-control N STATUS"
     C N HEX(COMMAND) HEX(NAME)=HEX(VALUE)...
-                           run COMMAND (see ssh_kept): print "\\nTAG N A" (taken),
-                           fork; the child calls setsid and execs `/bin/sh -c COMMAND`
+                           run COMMAND (see ssh_kept): fork; the child waits until the
+                           group is reported, calls setsid and execs `/bin/sh -c COMMAND`
                            with stdin at end-of-file and NAME=VALUE
                            added to its environment; the program prints on stdout
                            "\\nTAG N S PID", waits for the child, kills what it left in its
@@ -72,18 +72,23 @@ while (defined(my $line = <STDIN>)) {
     waitpid($p, 0); print "$mark $seq " . ($? >> 8) . "\n"; next;
   }
   if ($op eq 'C') {
-    print "\n$tag $seq A\n";
     my $c = unhex(shift @f);
+    pipe(my $gate, my $go) or do { print STDERR "cannot pipe: $!\n"; print "\n$tag $seq E 255\n"; print STDERR "\n$tag $seq E\n"; next };
     my $p = fork;
     if (!defined $p) { print STDERR "cannot fork: $!\n"; print "\n$tag $seq E 255\n"; print STDERR "\n$tag $seq E\n"; next }
     if (!$p) {
+      close $go;
+      exit 0 unless sysread($gate, my $byte, 1);  # the supervisor died before reporting the group
+      close $gate;
       for (@f) { my ($k, $v) = split(/=/, $_, 2); $ENV{unhex($k)} = unhex($v) }
       open(STDIN, '<', '/dev/null');
       if ($nr) { syscall($nr) == $$ or do { print STDERR "setsid: $!\n"; exit 126 }; exec('/bin/sh', '-c', $c) }
       else { exec('setsid', '/bin/sh', '-c', $c) }
       print STDERR "exec: $!\n"; exit 127;
     }
+    close $gate;
     print "\n$tag $seq S $p\n";
+    syswrite($go, 'g'); close $go;
     waitpid($p, 0); my $st = $?;
     leftovers($p);
     print "\n$tag $seq E " . (($st & 127) ? 's' . ($st & 127) : ($st >> 8)) . "\n";

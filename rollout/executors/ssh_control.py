@@ -54,8 +54,16 @@ _NOISE_CAP = 64 * 1024
 class ControlShell:
     """One `/bin/sh` on the host that runs kill scripts, and commands (see ssh_kept), sent over a kept channel."""
 
-    def __init__(self, transport: paramiko.Transport, *, timeout: float) -> None:
-        """Open the session and start the shell; raises paramiko.SSHException or OSError if it cannot."""
+    def __init__(self, transport: paramiko.Transport, *, timeout: float, supervise: bool = True) -> None:
+        """Open the session and start the shell; raises paramiko.SSHException or OSError if it cannot.
+
+        Without `supervise`, the probe does not try the supervisor (it failed on this
+        connection before).
+        """
+        self.transport = transport
+        self._supervise = supervise
+        #: The supervisor was started here and failed its check: not to be tried again.
+        self.supervisor_failed = False
         self.lock = threading.Lock()
         #: Marks the kept shell's own lines among a command's output (see ssh_kept): unguessable.
         self.tag = f"{MARK}:{secrets.token_hex(8)}"
@@ -69,6 +77,10 @@ class ControlShell:
         self.noise: bytes | None = None
         self.channel = transport.open_session(timeout=timeout)
         try:
+            # The wake pipe a command's loop selects on (see ssh_kept), made before any data
+            # arrives: made later, on a channel that had already been read, it missed the
+            # first line that came after it (the loop then waited out its poll interval).
+            self.channel.fileno()
             self.channel.exec_command(f"exec /bin/sh -s {MARK}")
         except BaseException:
             self.channel.close()
@@ -122,7 +134,7 @@ class ControlShell:
         if not self._exchange(request, seq, timeout, tools_line):
             return False
         self.commands = False
-        if not found or self.noise is not None:
+        if not found or self.noise is not None or not self._supervise:
             return True
         machine, _, setsid_path = found[0].decode(errors="replace").partition(" ")
         setsid_nr = ssh_agent.setsid_syscall(machine)
@@ -136,7 +148,8 @@ class ControlShell:
             self.commands = True
             return True
         # The shell is gone (replaced by a supervisor that failed its check): a later
-        # caller starts a new shell, which stays a shell.
+        # caller starts a new shell, which stays a shell (see ShellKeeper).
+        self.supervisor_failed = True
         self.close()
         return True
 
@@ -216,6 +229,7 @@ class ShellKeeper:
         self._lock = threading.Lock()
         self._shell: ControlShell | None = None
         self._no_shell_on: paramiko.Transport | None = None  # where one could not start: not tried again
+        self._no_supervisor_on: paramiko.Transport | None = None  # where the supervisor failed its check
         self._closed_at = -math.inf  # monotonic time the last one was closed
 
     def acquire(self, client: paramiko.SSHClient | None) -> ControlShell | None:
@@ -230,12 +244,16 @@ class ShellKeeper:
             if shell is None or not shell.usable:
                 if shell is not None:
                     shell.close()  # it died, or its connection did: its session goes too
+                    if shell.supervisor_failed:
+                        self._no_supervisor_on = shell.transport
                     self._shell = None
                 transport = client.get_transport() if client is not None else None
                 if transport is None or not transport.is_active() or transport is self._no_shell_on:
                     return None
                 try:
-                    shell = ControlShell(transport, timeout=self._timeout)
+                    shell = ControlShell(
+                        transport, timeout=self._timeout, supervise=transport is not self._no_supervisor_on
+                    )
                 except (paramiko.SSHException, EOFError, OSError):
                     self._no_shell_on = transport
                     return None

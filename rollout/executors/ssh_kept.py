@@ -6,7 +6,6 @@ Where the kept shell became the supervisor (perl and setsid on the host, see
 ControlShell.probe) and is free, the supervisor runs the command: it forks, the child execs
 `setsid /bin/sh -c COMMAND`, and it reports on the channel
 
-    \nTAG N A               on stdout, once it read the request (before it forks)
     \nTAG N S PGID          on stdout, as soon as the child exists
     \nTAG N E STATUS        on stdout, once the command ended and what it left in its
                            group is dead (TERM, grace, KILL); STATUS is the exit code, or
@@ -30,9 +29,12 @@ What differs, and why it is safe:
 - A process that escaped the group (its own setsid) without redirecting its output holds
   the supervisor's stdout, as it would hold a session's; on a session that output is lost
   when the channel closes, here it shows in the output of a later command on the host.
-- If the supervisor was gone before it read the request (no `A` line: killed on the host
-  between two commands, and not yet noticed here), the command never started, and it runs
-  on a session of its own instead.
+- The child starts the command only once the supervisor has written its group: so when
+  the supervisor ends (killed on the host, between two commands or just now) with no `S`
+  line sent and the connection up, the command never started, and it runs on a session
+  of its own instead. (A separate "request taken" line would have been a second small
+  write right before `S`: over a jump host, whose sshd delays its ACKs, Nagle held the
+  second one back 40 ms.)
 - If the supervisor ends mid-command (killed on the host), the command's status is lost
   with it: that shows once the command closes its output (it ends, or its timeout kills
   it; paramiko ignores sshd's exit-signal, the only earlier sign), its group is killed
@@ -118,7 +120,7 @@ class Frames:
 
 
 class NotTaken(Exception):
-    """The supervisor ended before it read the command: nothing started, so it can run elsewhere."""
+    """The supervisor ended before it reported the command's group: nothing started, so it can run elsewhere."""
 
 
 class KeptCommand(RemoteCommand):
@@ -135,7 +137,6 @@ class KeptCommand(RemoteCommand):
         self._stderr = Frames(marker)
         self._request = ssh_agent.command(seq, command, env)
         self._wake = -1
-        self._taken = False  # the supervisor read the request (its `A` line)
 
     def begin(self) -> None:
         """Send the request to the kept shell."""
@@ -187,9 +188,7 @@ class KeptCommand(RemoteCommand):
     def _line(self, line: bytes) -> None:
         """`S PGID` once the command started, `E STATUS` once it and its clean-up are over."""
         kind, _, value = line.partition(b" ")
-        if kind == b"A":
-            self._taken = True
-        elif kind == b"S" and self.pgid is None:
+        if kind == b"S" and self.pgid is None:
             self._started(int(value))
         elif kind == b"E":
             # `sN`: a signal ended it, and the code is None, as for a session's exit-signal.
@@ -224,10 +223,10 @@ class KeptCommand(RemoteCommand):
             self._read()
         if killed or self._stdout.done:
             return  # the kill, or the shell's own clean-up, ended the group
-        if not self._taken:
-            raise NotTaken
         if not transport_alive(self.channel):
             raise ConnectionLost(self._lost("the connection closed before the command's end was reported"))
+        if self.pgid is None:
+            raise NotTaken  # no group reported, so the child never started the command
         # The kept shell ended mid-command (killed on the host): the command's status is
         # lost with it, so whether it took effect is in doubt, as after a dropped
         # connection. Whatever of it still runs is ended first, as a kill would.
