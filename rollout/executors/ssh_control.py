@@ -77,10 +77,6 @@ class ControlShell:
         self.noise: bytes | None = None
         self.channel = transport.open_session(timeout=timeout)
         try:
-            # The wake pipe a command's loop selects on (see ssh_kept), made before any data
-            # arrives: made later, on a channel that had already been read, it missed the
-            # first line that came after it (the loop then waited out its poll interval).
-            self.channel.fileno()
             self.channel.exec_command(f"exec /bin/sh -s {MARK}")
         except BaseException:
             self.channel.close()
