@@ -3,8 +3,8 @@
 A POSIX shell cannot run a fleet's commands for us: `wait` reports a command ended by a
 signal and one that exited 128+N alike, and the executor contract tells them apart. A
 parent that calls waitpid(2) itself can. Where the host has `perl` (Debian and Ubuntu
-always do: perl-base is essential) and util-linux `setsid`, the kept shell replaces itself
-with this program. Started as `perl -e AGENT MARK TAG ROUNDS N SETSID`, it first checks
+always do: perl-base is essential) and setsid(2) by a known number or util-linux `setsid`,
+the kept shell replaces itself with this program. Started as `perl -e AGENT MARK TAG ROUNDS N SETSID`, it first checks
 that a child becomes a session and process group of its own with the child's pid (through
 setsid(2) by number SETSID where that is known, else util-linux `setsid`, which must not
 fork), and reports "@rollout-control N 0", else "... N 1" and exits. Then it reads one
@@ -13,14 +13,14 @@ request per line:
     K N HEX(SCRIPT)        run a control script with /bin/sh, output discarded; answers
                            "@rollout-control N STATUS"
     C N HEX(COMMAND) HEX(NAME)=HEX(VALUE)...
-                           run COMMAND (see ssh_kept): fork; the child waits until the
-                           group is reported, calls setsid and execs `/bin/sh -c COMMAND`
-                           with stdin at end-of-file and NAME=VALUE
-                           added to its environment; the program prints on stdout
-                           "\\nTAG N S PID", waits for the child, kills what it left in its
-                           group (TERM, up to the grace, KILL), then prints "\\nTAG N E STATUS"
-                           on stdout and "\\nTAG N E" on stderr; STATUS is the exit code, or
-                           sSIG when a signal ended it.
+                           run COMMAND (see ssh_kept): fork; print "\\nTAG N S PID" on
+                           stdout; only then let the child go on (it waits on a pipe, and
+                           exits without running anything if the supervisor died first):
+                           it calls setsid and execs `/bin/sh -c COMMAND` with stdin at
+                           end-of-file and NAME=VALUE added to its environment. Wait for
+                           it, kill what it left in its group (TERM, up to the grace,
+                           KILL), then print "\\nTAG N E STATUS" on stdout and "\\nTAG N E"
+                           on stderr; STATUS is the exit code, or sSIG for a signal.
 
 It uses no module (loading POSIX alone costs 17 ms), only perl's built-ins: fork, exec,
 waitpid, kill of a group, select as a sleep. Fields are hex so that no quoting is needed.
