@@ -225,8 +225,10 @@ class KeptCommand(RemoteCommand):
             return  # the kill, or the shell's own clean-up, ended the group
         if not transport_alive(self.channel):
             raise ConnectionLost(self._lost("the connection closed before the command's end was reported"))
-        if self.pgid is None:
-            raise NotTaken  # no group reported, so the child never started the command
+        if self.pgid is None and (self.channel.eof_received or self.channel.closed):
+            # Everything it wrote has arrived (EOF comes after the data), and no group line
+            # was among it: the child never started the command.
+            raise NotTaken
         # The kept shell ended mid-command (killed on the host): the command's status is
         # lost with it, so whether it took effect is in doubt, as after a dropped
         # connection. Whatever of it still runs is ended first, as a kill would.
@@ -235,9 +237,10 @@ class KeptCommand(RemoteCommand):
             self.killed = True
         if pgid is not None:
             self._control(kill_script([pgid]), None)
+        fate = f"its process group {pgid} was killed" if pgid is not None else "its process group was not reported"
         raise ConnectionLost(
             f"the shell on {self._target.endpoint} that ran the command ended before reporting the command's end "
-            f"(killed on the host?); its status is lost, and its process group {pgid} was killed"
+            f"(killed on the host?); its status is lost, and {fate}"
         )
 
     def close(self) -> None:
