@@ -1,8 +1,8 @@
 """Run commands on an SSH host with paramiko: the connection, commands and files.
 
 One connection per target, opened lazily (see ssh_connect) and reopened after a drop.
-A command runs in the connection's kept shell when it can (see ssh_kept), else on a
-channel of its own (see ssh_process); both are driven by the shared runner loop. The
+A command runs by the kept shell's supervisor when it can (see ssh_kept, ssh_agent), else
+on a channel of its own (see ssh_process); both are driven by the shared runner loop. The
 process groups of commands cut off by a dropped connection are killed first thing after
 reconnecting, before any other command (a rollback) runs on the host. Every paramiko
 and socket exception is translated into ConnectError or ExecutorError naming the host,
@@ -127,7 +127,7 @@ class SshExecutor:
         self._transport()
 
     def check_ready(self, timeout: float) -> str | None:
-        """Connect (host key checked) and start the kept shell: what running `true` proves, in one session.
+        """Connect (host key checked) and start the kept shell (and its supervisor): what `true` proves, in one session.
 
         None when commands can run, else why not. The kept shell starts through the login
         shell as every command does, so a start-up file that prints, or a missing /bin/sh,
