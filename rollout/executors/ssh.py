@@ -241,8 +241,8 @@ class SshExecutor:
     ) -> CommandResult:
         """Run `command` with /bin/sh on the host (through sudo with `become`) and wait for it, the timeout, or a cancel.
 
-        In the kept shell when it is free and the command needs no stdin and no sudo (see
-        ssh_kept), else on a session of its own.
+        By the kept shell's supervisor when it runs there, is free, and the command needs
+        no stdin and no sudo (see ssh_kept), else on a session of its own.
         """
         env = validate_env(env)
         started = time.monotonic()
@@ -254,7 +254,7 @@ class SshExecutor:
             try:
                 return run_process(kept, host=self.target.name, command=command, timeout=timeout, started=started)
             except NotTaken:
-                pass  # the supervisor was gone before it read the command: run it on a session
+                pass  # the supervisor ended before it let the command start: run it on a session
         wrapped = wrap(command, env, become)
         if become is not None:
             stdin = become.stdin(stdin)

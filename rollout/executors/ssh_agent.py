@@ -4,11 +4,12 @@ A POSIX shell cannot run a fleet's commands for us: `wait` reports a command end
 signal and one that exited 128+N alike, and the executor contract tells them apart. A
 parent that calls waitpid(2) itself can. Where the host has `perl` (Debian and Ubuntu
 always do: perl-base is essential) and setsid(2) by a known number or util-linux `setsid`,
-the kept shell replaces itself with this program. Started as `perl -e AGENT MARK TAG ROUNDS N SETSID`, it first checks
-that a child becomes a session and process group of its own with the child's pid (through
-setsid(2) by number SETSID where that is known, else util-linux `setsid`, which must not
-fork), and reports "@rollout-control N 0", else "... N 1" and exits. Then it reads one
-request per line:
+the kept shell replaces itself with this program.
+
+Started as `perl -e AGENT MARK TAG ROUNDS N SETSID`, it first checks that a child becomes a
+session and process group of its own with the child's pid (through setsid(2) by number
+SETSID where that is known, else util-linux `setsid`, which must not fork), and reports
+"@rollout-control N 0", else "... N 1" and exits. Then it reads one request per line:
 
     K N HEX(SCRIPT)        run a control script with /bin/sh, output discarded; answers
                            "@rollout-control N STATUS"
@@ -32,10 +33,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 
-from rollout.executors.base import KILL_GRACE
-
-#: A clean-up waits this many rounds of 50 ms for the group to die after SIGTERM.
-_ROUNDS = max(1, int(KILL_GRACE / 0.05))
+from rollout.executors.ssh_process import GRACE_ROUNDS
 
 AGENT = r"""
 $| = 1;
@@ -112,7 +110,7 @@ def setsid_syscall(machine: str) -> int:
 
 def start(mark: str, tag: str, seq: int, setsid_nr: int) -> str:
     """The kept shell's input that replaces it with the supervisor, which then reports as request `seq`."""
-    args = f"{shlex.quote(mark)} {shlex.quote(tag)} {_ROUNDS} {seq} {setsid_nr}"
+    args = f"{shlex.quote(mark)} {shlex.quote(tag)} {GRACE_ROUNDS} {seq} {setsid_nr}"
     return f"exec perl -e {shlex.quote(AGENT)} {args}\n"
 
 

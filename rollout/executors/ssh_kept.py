@@ -49,12 +49,12 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import paramiko
 
 from rollout.executors import ssh_agent
-from rollout.executors.base import KILL_GRACE, OnStart
+from rollout.executors.base import KILL_GRACE, OnStart, OutputTail
 from rollout.executors.runner import ConnectionLost
 from rollout.executors.ssh_control import ControlShell
 from rollout.executors.ssh_process import (
@@ -170,20 +170,9 @@ class KeptCommand(RemoteCommand):
 
     def _read(self) -> None:
         channel = self.channel
-        while channel.recv_ready():
-            chunk = channel.recv(READ_CHUNK)
-            if not chunk:
-                break
-            data, lines = self._stdout.feed(chunk)
-            self.out.feed(data)
-            for line in lines:
-                self._line(line)
-        while channel.recv_stderr_ready():
-            chunk = channel.recv_stderr(READ_CHUNK)
-            if not chunk:
-                break
-            data, _ = self._stderr.feed(chunk)
-            self.err.feed(data)
+        for line in _drain(channel.recv_ready, channel.recv, self._stdout, self.out):
+            self._line(line)
+        _drain(channel.recv_stderr_ready, channel.recv_stderr, self._stderr, self.err)
 
     def _line(self, line: bytes) -> None:
         """`S PGID` once the command started, `E STATUS` once it and its clean-up are over."""
@@ -249,3 +238,16 @@ class KeptCommand(RemoteCommand):
         if not (self._stdout.done and self._stderr.done):
             self._shell.close()  # mid-request: what it prints next is unknown, so start a new one
         self._shell.release()
+
+
+def _drain(ready: Callable[[], bool], recv: Callable[[int], bytes], frames: Frames, tail: OutputTail) -> list[bytes]:
+    """Read one stream while it has data: the command's bytes to `tail`, the supervisor's lines returned."""
+    lines: list[bytes] = []
+    while ready():
+        chunk = recv(READ_CHUNK)
+        if not chunk:
+            break  # EOF, or the channel was closed under us
+        data, found = frames.feed(chunk)
+        tail.feed(data)
+        lines += found
+    return lines

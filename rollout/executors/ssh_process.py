@@ -43,6 +43,9 @@ KILL_POLL = 0.05
 #: paramiko gives no writability event: look again this soon while stdin is pending.
 SEND_POLL = 0.005
 
+#: A kill waits up to KILL_GRACE for a group to die, looking every 50 ms: this many times.
+GRACE_ROUNDS = max(1, int(KILL_GRACE / 0.05))
+
 #: Errors while a command runs on a connection that is still alive.
 COMMAND_FAULTS: FaultTable = {
     OSError: (ExecutorError, "connection to {endpoint} lost: {detail}"),
@@ -91,7 +94,7 @@ def kill_script(pgids: list[int]) -> str:
     Like every control script it never calls `exit`: it also runs inside the kept shell.
     """
     groups = " ".join(str(p) for p in pgids)
-    rounds = max(1, int(KILL_GRACE / 0.05))
+    rounds = GRACE_ROUNDS
     # A group is alive while it has a non-zombie member: orphans re-parented to an init
     # that reaps slowly (containers) stay zombies, and `kill -0` alone would wait out the
     # whole grace for them. The group id equals the session id (sshd's setsid), which
@@ -110,7 +113,7 @@ def kill_script(pgids: list[int]) -> str:
 
 def leftovers_script(pgid: int) -> str:
     """Shell that ends what an exited command left in its group: nothing to do costs one kill(2)."""
-    rounds = max(1, int(KILL_GRACE / 0.05))
+    rounds = GRACE_ROUNDS
     # TERM fails when the group is empty: the common case ends there, with no ps and no wait.
     return (
         f"if kill -TERM -{pgid} 2>/dev/null; then n=0; "
